@@ -1,0 +1,80 @@
+"""Shared input checks and the sparsity-spec parser."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ._errors import RiaInputError
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class SparsitySpec:
+    """Either unstructured with ``ratio`` in [0, 1), or N:M (``n`` of every ``m`` pruned)."""
+
+    ratio: float
+    n: int = 0
+    m: int = 0
+
+    @property
+    def is_nm(self) -> bool:
+        return self.m > 0
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.is_nm else f"{self.ratio:g}"
+
+
+def check_nm(n: int, m: int) -> None:
+    if not isinstance(n, int) or not isinstance(m, int):
+        raise RiaInputError(f"N:M needs integers, got n={n!r}, m={m!r}")
+    if m < 2 or m > 64:
+        raise RiaInputError(f"M must be in [2, 64], got m={m}")
+    if n < 1 or n >= m:
+        raise RiaInputError(f"N:M needs 1 <= N < M (N of every M weights are pruned), got {n}:{m}")
+
+
+def check_ratio(ratio: float, name: str = "sparsity") -> float:
+    try:
+        ratio = float(ratio)
+    except (TypeError, ValueError):
+        raise RiaInputError(f"{name} must be a number in [0, 1), got {ratio!r}") from None
+    if not (0.0 <= ratio < 1.0):
+        raise RiaInputError(f"{name} must be in [0, 1), got {ratio}")
+    return ratio
+
+
+_NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def parse_sparsity(sparsity: float | str | SparsitySpec) -> SparsitySpec:
+    """``0.5`` -> unstructured 50%; ``"2:4"`` -> N:M with 2 of every 4 pruned."""
+    if isinstance(sparsity, SparsitySpec):
+        return sparsity
+    if isinstance(sparsity, str):
+        mt = _NM_RE.match(sparsity)
+        if mt:
+            n, m = int(mt.group(1)), int(mt.group(2))
+            check_nm(n, m)
+            return SparsitySpec(ratio=n / m, n=n, m=m)
+        try:
+            sparsity = float(sparsity)
+        except ValueError:
+            raise RiaInputError(f"sparsity must be a ratio like 0.5 or a pattern like '2:4', got {sparsity!r}") from None
+    return SparsitySpec(ratio=check_ratio(sparsity))
+
+
+def check_matrix(t: torch.Tensor, name: str, dtypes=FLOAT_DTYPES) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise RiaInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise RiaInputError(f"{name} must be 2-D [out_features, in_features], got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise RiaInputError(f"{name} dtype {t.dtype} unsupported; expected one of {[str(d) for d in dtypes]}")
+
+
+def check_divisible(cols: int, m: int, name: str = "in_features") -> None:
+    if cols % m != 0:
+        raise RiaInputError(f"{name}={cols} is not divisible by M={m}")
