@@ -52,13 +52,72 @@ def permuted_rms_norm_reference(x, weight, perm=None, eps=1e-6, residual=None):
 
 def permuted_rms_norm(x: torch.Tensor, weight: torch.Tensor, perm: torch.Tensor | None = None,
                       eps: float = 1e-6, residual: torch.Tensor | None = None, *,
-                      backend: str | None = None):
-    """RMSNorm whose output is written in channel order ``perm`` (``None``: unpermuted)."""
+                      backend: str | None = None, validate: bool = True, weight_permuted: bool = False,
+                      out: torch.Tensor | None = None):
+    """RMSNorm whose output is written in channel order ``perm`` (``None``: unpermuted).
+
+    ``validate=False`` skips the permutation check (a device sync) on hot paths whose
+    ``perm`` was validated once at construction; ``weight_permuted=True`` says
+    ``weight`` is already in output order (callers cache ``weight[perm]``).
+    """
     _check(x, weight, perm, residual)
+    if perm is not None and validate:
+        check_permutation(perm, x.shape[-1])
     if resolve_backend("permuted_rms_norm", x, backend) == "triton":
-        return _permuted_rms_norm_triton(x, weight, perm, eps, residual)
-    return permuted_rms_norm_reference(x, weight, perm, eps, residual)
+        return _permuted_rms_norm_triton(x, weight, perm, eps, residual, out, weight_permuted)
+    if weight_permuted and perm is not None:
+        weight = torch.empty_like(weight).index_copy_(0, perm.long(), weight)
+    y = permuted_rms_norm_reference(x, weight, perm, eps, residual)
+    if out is not None:
+        out.copy_(y if residual is None else y[0])
+        return out if residual is None else (out, y[1])
+    return y
 
 
-def _permuted_rms_norm_triton(x, weight, perm, eps, residual):  # TODO(issue 3)
-    raise NotImplementedError("Triton permuted_rms_norm not written yet")
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+if triton is not None:
+    @triton.jit
+    def _permuted_rms_norm_kernel(x_ptr, res_ptr, w_ptr, perm_ptr, y_ptr, h_ptr, H, eps,
+                                  PERMUTE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_H: tl.constexpr):
+        """One program per token row. The row is read once for the mean square; the
+        permuted second read hits L1/L2 (the row is a few KB), so the gather costs
+        no extra DRAM traffic."""
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK_H)
+        valid = offs < H
+        x = tl.load(x_ptr + row * H + offs, mask=valid, other=0.0).to(tl.float32)
+        if RESIDUAL:
+            x += tl.load(res_ptr + row * H + offs, mask=valid, other=0.0).to(tl.float32)
+            tl.store(h_ptr + row * H + offs, x.to(h_ptr.dtype.element_ty), mask=valid)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / H + eps)
+        if PERMUTE:
+            src = tl.load(perm_ptr + offs, mask=valid, other=0)
+            xp = tl.load(x_ptr + row * H + src, mask=valid, other=0.0).to(tl.float32)
+            if RESIDUAL:
+                xp += tl.load(res_ptr + row * H + src, mask=valid, other=0.0).to(tl.float32)
+        else:
+            xp = x
+        w = tl.load(w_ptr + offs, mask=valid, other=0.0).to(tl.float32)  # already in output order
+        tl.store(y_ptr + row * H + offs, (xp * rstd * w).to(y_ptr.dtype.element_ty), mask=valid)
+
+
+def _permuted_rms_norm_triton(x, weight, perm, eps, residual, out=None, weight_permuted=False):
+    if not x.is_contiguous() or (residual is not None and not residual.is_contiguous()):
+        raise RiaInputError("x and residual must be contiguous for the Triton permuted_rms_norm")
+    h = x.shape[-1]
+    rows = x.numel() // h
+    w_out = weight if (perm is None or weight_permuted) else weight.index_select(0, perm.long())
+    y = torch.empty_like(x) if out is None else out
+    h_out = torch.empty_like(x) if residual is not None else y
+    block = triton.next_power_of_2(h)
+    num_warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
+    _permuted_rms_norm_kernel[(rows,)](x, residual if residual is not None else x, w_out.contiguous(),
+                                       perm if perm is not None else x, y, h_out, h, eps,
+                                       PERMUTE=perm is not None, RESIDUAL=residual is not None,
+                                       BLOCK_H=block, num_warps=num_warps)
+    return y if residual is None else (y, h_out)
