@@ -15,7 +15,7 @@ if [ -f ria_kernels/_build.py ] && [ -d csrc ] && ls csrc/*.c* >/dev/null 2>&1; 
   python3 -c "from ria_kernels import _build; _build.load_jit(verbose=True)" || status=1
 fi
 echo "== GPU tests"
-timeout 300 python3 -m pytest -q -x tests/ops tests/test_backend.py tests/test_masks.py tests/test_permutation.py ${EXTRA_TESTS:-} || status=1
+timeout 300 python3 -m pytest -q tests/ops tests/test_backend.py tests/test_masks.py tests/test_permutation.py ${EXTRA_TESTS:-} || status=1
 echo "== pruning pipeline on the GPU (embedded model)"
 timeout 120 python3 -m ria_kernels.cli --device cuda --sparsity-type 2:4 --quiet --json "$OUT/cli_gpu.json" || status=1
 echo "== kernel benchmarks"
