@@ -51,7 +51,7 @@ CORPUS_MODULES: tuple[str, ...] = tuple(sorted((
     "xmlrpc.client", "xmlrpc.server", "zipapp", "zipfile", "zipimport", "zlib", "zoneinfo",
 )))
 KEEP_SECTIONS = ("NAME", "DESCRIPTION", "CLASSES", "FUNCTIONS")
-MAX_CHARS_PER_MODULE = 40_000
+MAX_CHARS_PER_MODULE = 60_000
 
 
 def split_of(module: str) -> str:

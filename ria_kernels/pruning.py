@@ -1,21 +1,33 @@
-"""Sequential layer-wise pruning, as in the seeds (Wanda / RIA / SparseGPT):
-each decoder layer is calibrated on the outputs of the already-pruned layers
-before it, its linears are scored and masked, and its outputs are recomputed as
-the next layer's inputs."""
+"""Sequential layer-wise pruning, as in the Wanda / RIA / SparseGPT repositories:
+the inputs of decoder layer 0 are captured once, then for each decoder layer
+
+1. one calibration pass on its (already pruned-upstream) inputs accumulates the
+   activation statistics of every linear (``calibration.collect_stats``);
+2. every linear is scored (``ops.ria_score.pruning_score``) and masked
+   (``ops.nm_mask.nm_mask`` / ``unstructured_mask``; one threshold per linear module
+   by default as in RIA, per output row with ``per_output=True`` as in Wanda), or
+   pruned by SparseGPT; pruned weights are zeroed in place;
+3. the layer's outputs are recomputed with the pruned weights and become the next
+   layer's inputs.
+
+All inputs are validated before the model is touched.
+"""
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from ._backend import BACKENDS, resolve_backend
 from ._errors import RiaInputError
 from ._logging import logger
 from ._validation import SparsitySpec, check_ratio, parse_sparsity
 from .calibration import LinearStats, check_calibration, collect_stats
-from .models import ModelAdapter, get_adapter
+from .models import ModelAdapter, get_adapter, materialized, module_device
 from .ops.nm_mask import nm_mask, unstructured_mask
 from .ops.ria_score import METHODS as SCORE_METHODS
 from .ops.ria_score import pruning_score
@@ -25,6 +37,8 @@ METHODS = SCORE_METHODS + ("sparsegpt",)
 
 @dataclass
 class LinearReport:
+    """One linear after pruning: actual sparsity (pruned / total), counts, seconds spent."""
+
     sparsity: float
     kept: int
     total: int
@@ -36,15 +50,44 @@ class LayerReport:
     index: int
     target_sparsity: float
     linears: dict[str, LinearReport] = field(default_factory=dict)
-    time_s: float = 0.0
+    time_s: float = 0.0           # whole layer: stats pass + pruning + output recompute
+    stats_time_s: float = 0.0
+
+    @property
+    def kept(self) -> int:
+        return sum(r.kept for r in self.linears.values())
+
+    @property
+    def total(self) -> int:
+        return sum(r.total for r in self.linears.values())
+
+    @property
+    def actual_sparsity(self) -> float:
+        return 1.0 - self.kept / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "target_sparsity": float(self.target_sparsity),
+                "actual_sparsity": self.actual_sparsity, "time_s": self.time_s, "stats_time_s": self.stats_time_s,
+                "linears": {n: {"sparsity": r.sparsity, "kept": r.kept, "total": r.total, "time_s": r.time_s}
+                            for n, r in self.linears.items()}}
 
 
 @dataclass
 class PruneReport:
+    """What ``prune_model`` did. ``permutations``: full linear name -> input-channel
+    permutation (CPU LongTensor; the N:M pattern holds on ``weight[:, perm]``)."""
+
     method: str
     sparsity: str
     a: float
     per_output: bool
+    family: str = ""
+    nsamples: int = 0
+    seqlen: int = 0
+    reconstruction: bool = False
+    permute: bool = False
+    layer_sparsities: list[float] | None = None
+    backend: dict[str, str] = field(default_factory=dict)
     layers: list[LayerReport] = field(default_factory=list)
     permutations: dict[str, torch.Tensor] = field(default_factory=dict)
     permutation_stats: dict[str, dict] = field(default_factory=dict)
@@ -53,39 +96,76 @@ class PruneReport:
 
     @property
     def kept(self) -> int:
-        return sum(r.kept for layer in self.layers for r in layer.linears.values())
+        return sum(layer.kept for layer in self.layers)
 
     @property
     def total(self) -> int:
-        return sum(r.total for layer in self.layers for r in layer.linears.values())
+        return sum(layer.total for layer in self.layers)
 
     @property
     def actual_sparsity(self) -> float:
+        """Pruned fraction over all pruned linears (embeddings / head excluded)."""
         return 1.0 - self.kept / self.total if self.total else 0.0
 
     def to_dict(self) -> dict:
-        return {
+        """JSON-safe summary (permutations are listed by name; the tensors stay in the object)."""
+        return _json_safe({
             "method": self.method, "sparsity": self.sparsity, "a": self.a, "per_output": self.per_output,
+            "family": self.family, "nsamples": self.nsamples, "seqlen": self.seqlen,
+            "reconstruction": self.reconstruction, "permute": self.permute,
+            "layer_sparsities": self.layer_sparsities, "backend": self.backend,
             "actual_sparsity": self.actual_sparsity, "pruned_weights": self.total - self.kept,
             "total_weights": self.total, "capture_time_s": self.capture_time_s,
             "total_time_s": self.total_time_s,
-            "layers": [asdict(layer) for layer in self.layers],
+            "layers": [layer.to_dict() for layer in self.layers],
             "permutations": sorted(self.permutations),
             "permutation_stats": self.permutation_stats,
-        }
+        })
 
 
-def _validate(model: nn.Module, calibration, method: str, spec: SparsitySpec, layer_sparsities,
-              permute: bool, blocks: int, reconstruction: bool) -> ModelAdapter:
-    if method not in METHODS:
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if hasattr(obj, "item"):  # numpy scalars
+        return _json_safe(obj.item())
+    return str(obj)
+
+
+def _check_int(value, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise RiaInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _validate(model: nn.Module, calibration, method: str, spec: SparsitySpec, a, layer_sparsities,
+              permute: bool, blocks, blocksize, percdamp, batch_size, backend) -> ModelAdapter:
+    if not isinstance(method, str) or method not in METHODS:
         raise RiaInputError(f"method must be one of {METHODS}, got {method!r}")
-    check_calibration(calibration)
     adapter = get_adapter(model)
-    n_layers = len(adapter.layers())
+    check_calibration(calibration, getattr(model.config, "vocab_size", None))
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+        raise RiaInputError(f"a (RIA activation exponent) must be a finite number, got {a!r}")
+    _check_int(blocks, "blocks")
+    _check_int(blocksize, "blocksize")
+    _check_int(batch_size, "batch_size")
+    if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not (0 < percdamp < 1):
+        raise RiaInputError(f"percdamp must be in (0, 1), got {percdamp!r}")
+    if backend is not None and str(backend).lower() not in BACKENDS:
+        raise RiaInputError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    n_layers = adapter.num_layers
     if layer_sparsities is not None:
         if spec.is_nm:
             raise RiaInputError("layer_sparsities (ATP/OWL allocation) needs unstructured sparsity, "
                                 f"not the N:M pattern {spec}")
+        if isinstance(layer_sparsities, (str, bytes)) or not hasattr(layer_sparsities, "__len__"):
+            raise RiaInputError(f"layer_sparsities must be a sequence of ratios, got {type(layer_sparsities).__name__}")
         if len(layer_sparsities) != n_layers:
             raise RiaInputError(f"layer_sparsities has {len(layer_sparsities)} entries, the model has {n_layers} layers")
         for i, s in enumerate(layer_sparsities):
@@ -94,29 +174,29 @@ def _validate(model: nn.Module, calibration, method: str, spec: SparsitySpec, la
         raise RiaInputError("permute=True (channel permutation) needs an N:M sparsity such as '2:4'")
     if permute and method == "sparsegpt":
         raise RiaInputError("permute=True is not supported with method='sparsegpt' (its mask depends on the update order)")
-    if not isinstance(blocks, int) or blocks < 1:
-        raise RiaInputError(f"blocks must be an integer >= 1, got {blocks!r}")
     if spec.is_nm:
-        layer0 = adapter.layers()[0]
-        for name, lin in adapter.linears(layer0).items():
-            if lin.in_features % spec.m != 0:
-                raise RiaInputError(f"{name}.in_features={lin.in_features} is not divisible by M={spec.m}")
+        for i, layer in enumerate(adapter.layers()):
+            for name, lin in adapter.linears(layer).items():
+                if lin.in_features % spec.m != 0:
+                    raise RiaInputError(f"{adapter.full_name(i, name)}.in_features={lin.in_features} "
+                                        f"is not divisible by M={spec.m}")
     return adapter
 
 
 def _masks_for_group(scores: dict[str, torch.Tensor], spec: SparsitySpec, ratio: float, per_output: bool,
                      permute: bool, lsa: bool, blocks: int, backend):
-    """Keep-masks (original channel order) for one group of linears sharing an input."""
+    """Keep-masks (original channel order) for one group of linears sharing an input,
+    plus the permutation result (or None)."""
     if not spec.is_nm:
         return {n: unstructured_mask(s, ratio, per_output, backend=backend) for n, s in scores.items()}, None
     if not permute:
         return {n: nm_mask(s, spec.n, spec.m, backend=backend) for n, s in scores.items()}, None
     from .permutation import channel_permutation
     result = channel_permutation(torch.cat(list(scores.values()), dim=0), spec.n, spec.m, lsa=lsa, blocks=blocks)
-    perm = result.perm.to(next(iter(scores.values())).device)
     masks = {}
     for n, s in scores.items():
-        mask_p = nm_mask(s[:, perm], spec.n, spec.m, backend=backend)
+        perm = result.perm.to(s.device)
+        mask_p = nm_mask(s[:, perm].contiguous(), spec.n, spec.m, backend=backend)
         mask = torch.empty_like(mask_p)
         mask[:, perm] = mask_p
         masks[n] = mask
@@ -133,81 +213,143 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, *, method: str = "r
     """Prune ``model`` in place, layer by layer, and return a :class:`PruneReport`.
 
     ``calibration``: LongTensor [nsamples, seqlen] of token ids. ``sparsity``: a ratio
-    in [0, 1) (unstructured) or a pattern ``"N:M"`` (N of every M pruned).
-    ``method``: magnitude | wanda | ri | ria | sparsegpt. ``reconstruction``: OBS
-    update of the kept weights after masking (RIA App. E). ``permute``: channel
-    permutation for N:M (RIA Sec. 4.2). All inputs are validated before the model
-    is touched.
+    in [0, 1) (unstructured) or a pattern ``"N:M"`` (N of every M consecutive input
+    weights pruned). ``method``: magnitude | wanda | ri | ria | sparsegpt. ``a``: RIA's
+    activation exponent. ``per_output``: unstructured threshold per output row (Wanda)
+    instead of per linear module (RIA). ``layer_sparsities``: one ratio per decoder
+    layer (ATP/OWL; unstructured only). ``reconstruction``: SparseGPT/OBS update of the
+    kept weights after masking (RIA App. E). ``permute``: input-channel permutation for
+    N:M (RIA Sec. 4.2; ``lsa``/``blocks`` tune it). ``batch_size``: calibration samples
+    per forward. ``offload``: keep layer inputs on the CPU. ``backend``: force the
+    score/mask backend (``"triton"`` | ``"torch"``). All inputs are validated before the
+    model is touched.
     """
     spec = parse_sparsity(sparsity)
-    adapter = _validate(model, calibration, method, spec, layer_sparsities, permute, blocks, reconstruction)
+    adapter = _validate(model, calibration, method, spec, a, layer_sparsities, permute, blocks, blocksize,
+                        percdamp, batch_size, backend)
+    backends = _backends(adapter, spec, method, backend)
     need_hessian = method == "sparsegpt" or reconstruction
-    report = PruneReport(method=method, sparsity=str(spec), a=a, per_output=per_output)
+    report = PruneReport(method=method, sparsity=str(spec), a=float(a), per_output=bool(per_output),
+                         family=adapter.family, nsamples=int(calibration.shape[0]),
+                         seqlen=int(calibration.shape[1]), reconstruction=bool(reconstruction),
+                         permute=bool(permute), backend=backends,
+                         layer_sparsities=None if layer_sparsities is None else [float(s) for s in layer_sparsities])
+    was_training = model.training
+    model.eval()
+    try:
+        _run(model, adapter, calibration, report, spec, method, a, per_output, layer_sparsities, reconstruction,
+             permute, lsa, blocks, blocksize, percdamp, batch_size, offload, progress, backend, need_hessian)
+    finally:
+        model.train(was_training)
+    logger.info("pruned %s with %s at %s: actual sparsity %.4f in %.2fs (score/mask backend %s)", adapter.family,
+                method, spec, report.actual_sparsity, report.total_time_s, report.backend)
+    return report
+
+
+def _run(model, adapter, calibration, report, spec, method, a, per_output, layer_sparsities, reconstruction,
+         permute, lsa, blocks, blocksize, percdamp, batch_size, offload, progress, backend, need_hessian):
     t_start = time.perf_counter()
     inputs = adapter.capture_layer_inputs(calibration, batch_size=batch_size, offload=offload)
     report.capture_time_s = time.perf_counter() - t_start
     layers = adapter.layers()
-    iterator = range(len(layers))
+    shared = [g.linears for g in adapter.groups]
+    bar = None
     if progress:
         from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc=f"pruning ({method}, {spec})", unit="layer")
-    for i in iterator:
-        layer = layers[i]
-        t_layer = time.perf_counter()
-        ratio = layer_sparsities[i] if layer_sparsities is not None else spec.ratio
-        lrep = LayerReport(index=i, target_sparsity=float(ratio))
-        linears = adapter.linears(layer)
-        with collect_stats(linears, need_hessian) as stats:
-            for hidden, kw in zip(inputs.hidden, inputs.kwargs):
-                adapter.run_layer(layer, hidden, kw)
-        for group in adapter.groups:
-            _prune_group(adapter, i, group, linears, stats, spec, ratio, method, a, per_output, reconstruction,
-                         permute, lsa, blocks, blocksize, percdamp, backend, lrep, report)
-        del stats
-        for j, (hidden, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
-            out = adapter.run_layer(layer, hidden, kw)
-            inputs.hidden[j] = out.to(hidden.device)
-        lrep.time_s = time.perf_counter() - t_layer
-        report.layers.append(lrep)
+        bar = tqdm(total=len(layers), desc=f"pruning {adapter.family} ({method}, {spec})", unit="layer")
+    try:
+        for i, layer in enumerate(layers):
+            t_layer = time.perf_counter()
+            ratio = float(layer_sparsities[i]) if layer_sparsities is not None else spec.ratio
+            lrep = LayerReport(index=i, target_sparsity=ratio)
+            linears = adapter.linears(layer)
+            with collect_stats(linears, need_hessian, shared=shared) as stats:
+                for hidden, kw in zip(inputs.hidden, inputs.kwargs):
+                    adapter.run_layer(layer, hidden, kw)
+            lrep.stats_time_s = time.perf_counter() - t_layer
+            with materialized(layer):
+                for group in adapter.groups:
+                    _prune_group(adapter, i, group, linears, stats, spec, ratio, method, a, per_output,
+                                 reconstruction, permute, lsa, blocks, blocksize, percdamp, backend, lrep, report)
+            del stats
+            for j, (hidden, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
+                inputs.hidden[j] = adapter.run_layer(layer, hidden, kw).to(hidden.device)
+            lrep.time_s = time.perf_counter() - t_layer
+            report.layers.append(lrep)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(sparsity=f"{lrep.actual_sparsity:.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
     report.total_time_s = time.perf_counter() - t_start
-    logger.info("pruned %s with %s at %s: actual sparsity %.4f in %.2fs", adapter.family, method, spec,
-                report.actual_sparsity, report.total_time_s)
-    return report
+
+
+def _backends(adapter: ModelAdapter, spec: SparsitySpec, method: str, backend) -> dict[str, str]:
+    """Which backend the score and mask ops will run with (their own dispatch rule,
+    on the execution device of layer 0); raises BackendUnavailableError up front."""
+    dev = module_device(adapter.layers()[0])
+    probe = torch.empty(0, device=dev) if dev.type != "meta" else torch.empty(0)
+    if method == "sparsegpt":
+        return {"sparsegpt": "torch", "device": dev.type}
+    return {"score": resolve_backend("pruning_score", probe, backend),
+            "mask": resolve_backend("nm_mask" if spec.is_nm else "unstructured_mask", probe, backend),
+            "device": dev.type}
 
 
 def _prune_group(adapter, layer_index, group, linears, stats: dict[str, LinearStats], spec, ratio, method, a,
                  per_output, reconstruction, permute, lsa, blocks, blocksize, percdamp, backend, lrep, report):
     names = group.linears
-    t0 = time.perf_counter()
+    layer_spec = spec if spec.is_nm else SparsitySpec(ratio=float(ratio))
+    times = dict.fromkeys(names, 0.0)
     if method == "sparsegpt":
         from .sparsegpt import sparsegpt_prune
-        layer_spec = spec if spec.is_nm else SparsitySpec(ratio=float(ratio))
         masks = {}
         for n in names:
+            t0 = time.perf_counter()
             w = linears[n].weight
             new_w, masks[n] = sparsegpt_prune(w.data, stats[n].hessian, layer_spec,
                                               blocksize=blocksize, percdamp=percdamp)
-            w.data.copy_(new_w)
+            w.data.copy_(new_w.to(w.device))
+            times[n] = time.perf_counter() - t0
     else:
-        scores = {n: pruning_score(linears[n].weight.data, stats[n].act_norm.to(linears[n].weight.device),
-                                   method, a, backend=backend) for n in names}
-        masks, perm_result = _masks_for_group(scores, spec, ratio, per_output, permute, lsa, blocks, backend)
+        scores = {}
+        for n in names:
+            t0 = time.perf_counter()
+            w = linears[n].weight
+            scores[n] = pruning_score(w.data, stats[n].act_norm.to(w.device), method, a, backend=backend)
+            times[n] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if permute:
+            masks, perm_result = _masks_for_group(scores, spec, ratio, per_output, permute, lsa, blocks, backend)
+            shared_t = (time.perf_counter() - t0) / len(names)
+            for n in names:
+                times[n] += shared_t
+        else:
+            masks, perm_result = {}, None
+            for n in names:
+                t1 = time.perf_counter()
+                masks[n] = _masks_for_group({n: scores[n]}, spec, ratio, per_output, False, lsa, blocks, backend)[0][n]
+                times[n] += time.perf_counter() - t1
         del scores
         for n in names:
+            t0 = time.perf_counter()
             w = linears[n].weight
             if reconstruction:
                 from .sparsegpt import sparsegpt_prune
-                new_w, _ = sparsegpt_prune(w.data, stats[n].hessian, spec, blocksize=blocksize,
+                new_w, _ = sparsegpt_prune(w.data, stats[n].hessian, layer_spec, blocksize=blocksize,
                                            percdamp=percdamp, mask=masks[n])
-                w.data.copy_(new_w)
-            w.data.mul_(masks[n].to(w.dtype))
+                w.data.copy_(new_w.to(w.device))
+            w.data.mul_(masks[n].to(w.device, w.dtype))
+            times[n] += time.perf_counter() - t0
         if perm_result is not None:
-            key = f"{adapter.full_name(layer_index, '')[:-1]}.{group.name}"
-            report.permutation_stats[key] = {"retained": perm_result.retained, "time_s": perm_result.time_s}
+            key = f"{adapter.full_name(layer_index, '')}.{group.name}"
+            perm_cpu = perm_result.perm.detach().to("cpu", torch.long)
+            report.permutation_stats[key] = {"linears": list(names), "retained": dict(perm_result.retained),
+                                             "time_s": float(perm_result.time_s)}
             for n in names:
-                report.permutations[adapter.full_name(layer_index, n)] = perm_result.perm.detach().cpu()
-    dt = (time.perf_counter() - t0) / len(names)
+                report.permutations[adapter.full_name(layer_index, n)] = perm_cpu
     for n in names:
         kept = int(masks[n].sum())
         total = masks[n].numel()
-        lrep.linears[n] = LinearReport(sparsity=1.0 - kept / total, kept=kept, total=total, time_s=dt)
+        lrep.linears[n] = LinearReport(sparsity=1.0 - kept / total, kept=kept, total=total, time_s=times[n])

@@ -1,8 +1,16 @@
-"""Shared fixtures: tiny models of every supported family, built from configs
-(no downloads), and a tiny word-level tokenizer saved to disk.
+"""Shared test helpers (importable as ``from conftest import ...``) and fixtures.
 
-``tiny_model(family, seed=0)`` -> model in eval mode, float32, 2 decoder layers,
-hidden 64, intermediate 128 (divisible by 16), vocab 128; GQA for qwen2/mistral.
+Everything is built from configs, offline, in float32 on the CPU, in well under a second:
+
+- ``FAMILIES = ("llama", "mistral", "qwen2", "opt")``, ``VOCAB = 128``.
+- ``make_tiny_model(family, seed=0, layers=2)`` -> ``*ForCausalLM`` in eval mode: hidden 64,
+  intermediate/ffn 128 (divisible by 16), 4 heads; GQA (2 kv heads) for mistral and qwen2.
+  Fixture ``tiny_model`` returns this factory: ``def test_x(tiny_model): m = tiny_model("opt")``.
+- ``make_calibration(nsamples=4, seqlen=16, seed=0)`` -> LongTensor [nsamples, seqlen] of ids < VOCAB.
+  Fixture ``calibration`` = ``make_calibration()``.
+- ``make_tiny_tokenizer(path)`` -> word-level fast tokenizer over ``w0 .. w125`` (ids 2..127), saved
+  to ``path`` (use with ``model.save_pretrained(path)`` to get a loadable checkpoint).
+- ``make_text(n_words=3000, seed=0)`` -> text of random words that tokenizer knows.
 """
 from __future__ import annotations
 

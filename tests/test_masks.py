@@ -69,3 +69,31 @@ def test_bad_inputs():
         ria_score(s, torch.rand(3))
     with pytest.raises(RiaInputError, match="dtype"):
         ria_score(s.int(), torch.rand(10))
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "ri", "ria"])
+def test_masks_equal_formula_on_fresh_inputs(seed, method):
+    """Score by the paper formula in float64, then select by brute force: the N:M mask keeps
+    the M-N best of each group; the unstructured mask prunes the k lowest scores."""
+    w, norm = _rand(16, 32, seed=1000 + seed)
+    wd, nd = w.double().abs(), norm.double()
+    formula = {"magnitude": wd, "wanda": wd * nd,
+               "ri": wd / wd.sum(0, keepdim=True) + wd / wd.sum(1, keepdim=True),
+               "ria": (wd / wd.sum(0, keepdim=True) + wd / wd.sum(1, keepdim=True)) * nd.sqrt()}[method]
+    score = pruning_score(w, norm if method in ("wanda", "ria") else None, method, 0.5)
+    torch.testing.assert_close(score.double(), formula, rtol=1e-5, atol=1e-8)
+    expect_nm = torch.zeros(16, 8, 4, dtype=torch.bool)
+    expect_nm.scatter_(-1, formula.reshape(16, 8, 4).topk(2, dim=-1).indices, True)
+    assert torch.equal(nm_mask(score, 2, 4), expect_nm.reshape(16, 32))
+    k = int(16 * 32 * 0.6)
+    thresh = formula.flatten().kthvalue(k).values
+    assert torch.equal(unstructured_mask(score, 0.6), formula > thresh)
+    k_row = int(32 * 0.25)
+    row_thresh = formula.kthvalue(k_row, dim=1, keepdim=True).values
+    assert torch.equal(unstructured_mask(score, 0.25, per_output=True), formula > row_thresh)
+
+
+def test_ties_keep_lower_column_index():
+    s = torch.ones(2, 8)
+    assert torch.equal(nm_mask(s, 2, 4), torch.tensor([[True, True, False, False] * 2] * 2))
