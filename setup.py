@@ -54,7 +54,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "triton", "transformers>=4.45", "scipy", "numpy", "tqdm", "safetensors"],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "accelerate"],  # accelerate: the device_map="auto" offload path is tested
         "bench": ["matplotlib"],
         "data": ["datasets"],
         "cuda": ["pybind11", "ninja"],

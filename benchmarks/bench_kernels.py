@@ -1,16 +1,29 @@
 #!/usr/bin/env python3
-"""Per-kernel benchmark (GPU): fused RIA score + prune, and the permutation-aware RMSNorm.
+"""Per-kernel benchmark (GPU) for issue 3: fused RIA score + prune, block-wise N:M top-k,
+the RIA score kernel, and the permutation-aware RMSNorm.
 
-Baselines come from the ops' own torch references (eager, and under torch.compile)
-and, for N:M pruning, the official RIA repository's procedure: a Python loop of
-``torch.topk(largest=False)`` over every M-column strip of the score matrix.
+Shapes: the LLaMA2-7B/13B/70B linear shapes [out, in] (4096², 11008×4096, 4096×11008,
+5120², 13824×5120, 8192², 28672×8192, 8192×28672), fp16 weights; RMSNorm at 8192 tokens
+× the LLaMA hidden sizes (4096, 5120, 8192). In the same run, for every kernel:
+  - ``torch_eager``:   the op's own torch reference (imported from the op module),
+  - ``torch_compile``: that same reference under ``torch.compile``,
+  - ``official``:      (N:M kernels) the official RIA repository's N:M procedure, faithfully
+                       re-implemented in torch: a Python loop over every column with
+                       ``topk(largest=False)`` on each M-column strip (``official_ria_nm``),
+  - RMSNorm also: the Triton kernel unpermuted (``triton_unpermuted``).
+Every kernel's output is checked against its reference on the benchmark input before it
+is timed. Median times come from ``triton.testing.do_bench`` (L2 flushed between runs).
 
-Bytes counted (the traffic each kernel is designed to move):
-  fused N:M prune: 2 reads of W + 1 write of W + 1 byte of mask per element
-  RMSNorm: read x (+ residual) once, write y (+ h) once
-GB/s = bytes / median time; "% copy" is that over a measured device-to-device copy.
+Bytes counted (the traffic each kernel must move; small per-row/column vectors ignored):
+  fused N:M prune (RIA):  2 reads of W (|W| sums pass + select pass) + 1 write of W + 1 mask byte
+  fused unstructured:     2 reads of W + f32 score write + read, + mask + W write (kth select extra)
+  N:M top-k on scores:    read f32 scores + 1 mask byte + f32 sum per group
+  score kernel:           2 reads of W + f32 score write
+  RMSNorm:                read x (+ residual), write y (+ h)
+GB/s = bytes / median time; ``pct_copy`` = that / a measured device-to-device copy (read+write).
 
-    python benchmarks/bench_kernels.py --out benchmarks/results
+    python benchmarks/bench_kernels.py --out benchmarks/results          # all (~4 min on an H100)
+    python benchmarks/bench_kernels.py --quick                           # 8192x28672 + RMSNorm 8192x8192
 """
 from __future__ import annotations
 
@@ -25,143 +38,318 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import bench_ms, copy_bandwidth_gbps, print_table, write_rows  # noqa: E402
 
+from ria_kernels.ops.nm_mask import nm_topk_blocks, nm_topk_blocks_reference  # noqa: E402
 from ria_kernels.ops.prune_fused import fused_prune, fused_prune_reference  # noqa: E402
-from ria_kernels.ops.ria_score import pruning_score_reference  # noqa: E402
+from ria_kernels.ops.ria_score import _pruning_score_triton, pruning_score_reference  # noqa: E402
 from ria_kernels.ops.rms_norm import permuted_rms_norm, permuted_rms_norm_reference  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (5120, 5120), (13824, 5120), (8192, 8192),
           (28672, 8192), (8192, 28672)]
+ACCEPT_SHAPE = (8192, 28672)
+RMS_HIDDEN = (4096, 5120, 8192)
+RMS_TOKENS = 8192
+KERNELS = ("fused_prune", "nm_topk", "score", "rms_norm")
+DEV = "cuda"  # "cpu" only in --smoke mode (code-path check under TRITON_INTERPRET=1)
+# mask agreement needed before timing: scores depend on the |W| sums, whose float32
+# summation order differs between the kernel and torch; a near-tie may flip (rare).
+MIN_AGREEMENT = 0.9999
 
 
-def official_ria_nm(weight, act_norm, n, m, a=0.5):
-    """The RIA repository's N:M step, in torch: score, then a Python loop over every
-    M-column strip with topk(largest=False) marking the N pruned weights."""
-    score = pruning_score_reference(weight, act_norm, "ria", a)
+def official_ria_nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The official RIA repo's N:M selection (``prune_ria``): loop over every column and,
+    at each M-column strip, mark the ``n`` lowest scores with ``topk(largest=False)``.
+    Returns the keep-mask (True = kept)."""
     w_mask = torch.zeros_like(score, dtype=torch.bool)
     for ii in range(score.shape[1]):
         if ii % m == 0:
             tmp = score[:, ii:(ii + m)].float()
             w_mask.scatter_(1, ii + torch.topk(tmp, n, dim=1, largest=False)[1], True)
+    return ~w_mask
+
+
+def official_ria_nm(weight: torch.Tensor, act_norm: torch.Tensor, n: int, m: int, a: float = 0.5):
+    """Official procedure end to end: RIA score (torch), the strip loop, then ``W[mask] = 0``."""
+    keep = official_ria_nm_mask(pruning_score_reference(weight, act_norm, "ria", a), n, m)
     pruned = weight.clone()
-    pruned[w_mask] = 0
-    return pruned, ~w_mask
+    pruned[~keep] = 0
+    return pruned, keep
 
 
-def bench_prune(rows, quick):
-    compiled = torch.compile(fused_prune_reference, dynamic=True)
-    copy = copy_bandwidth_gbps()
-    shapes = SHAPES[-2:] if quick else SHAPES
+def official_nm_topk(score: torch.Tensor, n: int, m: int):
+    """The same strip loop on a score matrix, plus the retained score per group."""
+    keep = official_ria_nm_mask(score, n, m)
+    kept = torch.where(keep, score.float(), 0.0)
+    return keep, kept.reshape(score.shape[0], -1, m).sum(-1)
+
+
+class Runner:
+    def __init__(self, quick: bool, smoke: bool = False):
+        self.quick = quick
+        self.rows: list[dict] = []
+        self.gpu = "cpu-smoke (timings meaningless)" if smoke else torch.cuda.get_device_name()
+        self.copy = 1.0 if smoke else copy_bandwidth_gbps()
+        self._compiled: dict = {}
+        print(f"{self.gpu}: measured D2D copy bandwidth {self.copy:.0f} GB/s", flush=True)
+
+    def compiled(self, fn):
+        if fn not in self._compiled:
+            self._compiled[fn] = torch.compile(fn, dynamic=True)
+        return self._compiled[fn]
+
+    def time_compiled(self, fn, *args):
+        """Median ms of the compiled reference, or None (reason recorded) if it fails to compile:
+        a missing baseline is reported, never silently replaced."""
+        try:
+            cmp = self.compiled(fn)
+            return _slow(lambda: cmp(*args))
+        except Exception as exc:  # noqa: BLE001 - report any compile failure and go on
+            print(f"torch.compile({fn.__name__}) failed: {type(exc).__name__}: {exc}"[:300], flush=True)
+            return None
+
+    def record(self, kernel, variant, shape, dtype, timings: dict, nbytes: int, extra: dict | None = None):
+        base = timings["triton"]
+        extra = dict(extra or {})
+        for impl in [k for k, v in timings.items() if v is None]:
+            extra[f"{impl}_failed"] = True
+            del timings[impl]
+        for impl, ms in timings.items():
+            row = {"kernel": kernel, "variant": variant, "rows": shape[0], "cols": shape[1], "dtype": dtype,
+                   "impl": impl, "median_ms": ms, "gbps": nbytes / (ms * 1e-3) / 1e9, "copy_gbps": self.copy,
+                   "speedup_of_triton": ms / base, "gpu": self.gpu}
+            row["pct_copy"] = 100 * row["gbps"] / self.copy
+            row.update(extra)
+            self.rows.append(row)
+        msg = "  ".join(f"{k}={v:.3f}ms" for k, v in timings.items())
+        print(f"{kernel:12s} {variant:10s} {shape[0]}x{shape[1]}: {msg}  "
+              f"triton {nbytes / (base * 1e-3) / 1e9:.0f} GB/s", flush=True)
+
+
+def _slow(fn):
+    """A baseline that takes 10s-100s of ms per call: few repetitions."""
+    return bench_ms(fn, warmup=1, rep=20)
+
+
+def _wall_ms(fn, warmup: int = 1, rep: int = 3) -> float:
+    """--smoke only: wall-clock median on the CPU (not a measurement of anything)."""
+    import statistics
+    import time
+    fn()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bench_fused_prune(run: Runner, shapes):
     for r, c in shapes:
-        w = torch.randn(r, c, device="cuda", dtype=torch.float16)
-        act = torch.rand(c, device="cuda") + 0.1
-        # correctness first: the measured kernel must equal its reference
-        got = fused_prune(w, act, "ria", 0.5, "2:4", backend="triton")
-        ref = fused_prune_reference(w, act, "ria", 0.5, "2:4")
-        agree = float((got[1] == ref[1]).float().mean())
-        for sparsity in ("2:4", 0.5):
-            nbytes = w.numel() * (3 * w.element_size() + 1) if sparsity == "2:4" else \
-                w.numel() * (2 * w.element_size() + 4 * 2 + 1)
-            t_tri = bench_ms(lambda: fused_prune(w, act, "ria", 0.5, sparsity, backend="triton"))
-            t_ref = bench_ms(lambda: fused_prune_reference(w, act, "ria", 0.5, sparsity), warmup=5, rep=50)
-            t_cmp = bench_ms(lambda: compiled(w, act, "ria", 0.5, sparsity), warmup=5, rep=50)
-            row = {"kernel": "fused_prune", "pattern": str(sparsity), "rows": r, "cols": c, "dtype": "float16",
-                   "triton_ms": t_tri, "torch_eager_ms": t_ref, "torch_compile_ms": t_cmp,
-                   "gbps": nbytes / (t_tri * 1e-3) / 1e9, "copy_gbps": copy,
-                   "speedup_vs_eager": t_ref / t_tri, "speedup_vs_compile": t_cmp / t_tri,
-                   "mask_agreement_vs_reference": agree}
-            row["pct_copy"] = 100 * row["gbps"] / copy
-            if sparsity == "2:4" and (not quick or c == 28672):
-                t_off = bench_ms(lambda: official_ria_nm(w, act, 2, 4), warmup=1, rep=20)
-                row["official_ms"] = t_off
-                row["speedup_vs_official"] = t_off / t_tri
-            rows.append(row)
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-        del w
+        w = torch.randn(r, c, device=DEV, dtype=torch.float16)
+        act = torch.rand(c, device=DEV) + 0.1
+        out = torch.empty_like(w)
+        mask = torch.empty(r, c, device=DEV, dtype=torch.bool)
+        for sparsity in ("2:4",) + (() if run.quick else (0.5,)):
+            got_w, got_m = fused_prune(w, act, "ria", 0.5, sparsity, backend="triton", out=out, mask_out=mask)
+            ref_w, ref_m = fused_prune_reference(w, act, "ria", 0.5, sparsity)
+            agree = float((got_m == ref_m).float().mean())
+            if agree < MIN_AGREEMENT or not torch.equal(got_w, torch.where(got_m, w, 0)):
+                raise SystemExit(f"fused_prune {sparsity} {r}x{c}: mask agreement {agree} vs reference")
+            del ref_w, ref_m
+            t = {"triton": bench_ms(lambda: fused_prune(w, act, "ria", 0.5, sparsity, backend="triton",
+                                                        out=out, mask_out=mask)),
+                 "torch_eager": _slow(lambda: fused_prune_reference(w, act, "ria", 0.5, sparsity))}
+            t["torch_compile"] = run.time_compiled(fused_prune_reference, w, act, "ria", 0.5, sparsity)
+            extra = {"mask_agreement_vs_reference": agree}
+            if sparsity == "2:4":
+                off_w, off_m = official_ria_nm(w, act, 2, 4)
+                extra["official_mask_agreement"] = float((off_m == got_m).float().mean())
+                del off_w, off_m
+                t["official"] = _slow(lambda: official_ria_nm(w, act, 2, 4))
+                nbytes = w.numel() * (3 * w.element_size() + 1)
+            else:
+                nbytes = w.numel() * (3 * w.element_size() + 2 * 4 + 1)
+            run.record("fused_prune", str(sparsity), (r, c), "float16", t, nbytes, extra)
+        del w, out, mask
+        torch.cuda.empty_cache()
 
 
-def bench_rmsnorm(rows):
-    copy = copy_bandwidth_gbps()
-
-    def torch_rms_gather(x, w, perm, eps=1e-6):
-        xf = x.float()
-        y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()).to(x.dtype)
-        return y.index_select(-1, perm)
-    compiled = torch.compile(torch_rms_gather, dynamic=True)
-    for tokens in (1024, 8192):
-        for h in (4096, 8192):
-            x = torch.randn(tokens, h, device="cuda", dtype=torch.float16)
-            w = torch.rand(h, device="cuda", dtype=torch.float16)
-            perm = torch.randperm(h, device="cuda")
-            w_p = w[perm].contiguous()
-            out = torch.empty_like(x)
-            torch.testing.assert_close(permuted_rms_norm(x, w, perm, backend="triton").float(),
-                                       permuted_rms_norm_reference(x, w, perm).float(), rtol=2e-2, atol=2e-2)
-            t_perm = bench_ms(lambda: permuted_rms_norm(x, w_p, perm, backend="triton", validate=False,
-                                                        weight_permuted=True, out=out))
-            t_plain = bench_ms(lambda: permuted_rms_norm(x, w, None, backend="triton", out=out))
-            t_eager = bench_ms(lambda: torch_rms_gather(x, w, perm))
-            t_cmp = bench_ms(lambda: compiled(x, w, perm))
-            nbytes = 2 * x.numel() * x.element_size()
-            row = {"kernel": "permuted_rms_norm", "tokens": tokens, "hidden": h, "dtype": "float16",
-                   "triton_permuted_ms": t_perm, "triton_unpermuted_ms": t_plain, "torch_eager_ms": t_eager,
-                   "torch_compile_ms": t_cmp, "permuted_over_unpermuted": t_perm / t_plain,
-                   "speedup_vs_eager": t_eager / t_perm, "speedup_vs_compile": t_cmp / t_perm,
-                   "gbps": nbytes / (t_perm * 1e-3) / 1e9, "copy_gbps": copy}
-            row["pct_copy"] = 100 * row["gbps"] / copy
-            rows.append(row)
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+def bench_nm_topk(run: Runner, shapes):
+    for r, c in shapes:
+        s = torch.rand(r, c, device=DEV, dtype=torch.float32)
+        mask, sums = nm_topk_blocks(s, 2, 4, backend="triton")
+        ref_mask, ref_sums = nm_topk_blocks_reference(s, 2, 4)
+        if not torch.equal(mask, ref_mask):
+            raise SystemExit(f"nm_topk {r}x{c}: mask differs from the reference")
+        torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)
+        del mask, sums, ref_mask, ref_sums
+        t = {"triton": bench_ms(lambda: nm_topk_blocks(s, 2, 4, backend="triton")),
+             "torch_eager": _slow(lambda: nm_topk_blocks_reference(s, 2, 4)),
+             "torch_compile": run.time_compiled(nm_topk_blocks_reference, s, 2, 4),
+             "official": _slow(lambda: official_nm_topk(s, 2, 4))}
+        run.record("nm_topk", "2:4", (r, c), "float32", t, s.numel() * (4 + 1) + s.numel() // 4 * 4)
+        del s
+        torch.cuda.empty_cache()
 
 
-def plot(rows, path):
+def bench_score(run: Runner, shapes):
+    for r, c in shapes:
+        w = torch.randn(r, c, device=DEV, dtype=torch.float16)
+        act = torch.rand(c, device=DEV) + 0.1
+        out = torch.empty(r, c, device=DEV, dtype=torch.float32)
+        torch.testing.assert_close(_pruning_score_triton(w, act, "ria", 0.5, out=out),
+                                   pruning_score_reference(w, act, "ria", 0.5), rtol=2e-5, atol=0)
+        t = {"triton": bench_ms(lambda: _pruning_score_triton(w, act, "ria", 0.5, out=out)),
+             "torch_eager": bench_ms(lambda: pruning_score_reference(w, act, "ria", 0.5)),
+             "torch_compile": run.time_compiled(pruning_score_reference, w, act, "ria", 0.5)}
+        run.record("score", "ria", (r, c), "float16", t, w.numel() * (2 * w.element_size() + 4))
+        del w, out
+        torch.cuda.empty_cache()
+
+
+def bench_rms_norm(run: Runner, hiddens):
+    for h in hiddens:
+        x = torch.randn(RMS_TOKENS, h, device=DEV, dtype=torch.float16)
+        res = torch.randn_like(x)
+        w = torch.rand(h, device=DEV, dtype=torch.float16) + 0.5
+        perm = torch.randperm(h, device=DEV)
+        w_p = w[perm].contiguous()
+        out, h_out = torch.empty_like(x), torch.empty_like(x)
+        for residual in (None, res):
+            variant = "plain" if residual is None else "residual"
+            args = dict(validate=False, weight_permuted=True, out=out, backend="triton")
+            if residual is not None:
+                args["residual_out"] = h_out
+            got = permuted_rms_norm(x, w_p, perm, 1e-6, residual, **args)
+            ref = permuted_rms_norm_reference(x, w, perm, 1e-6, residual)
+            for g, e in zip(got if residual is not None else (got,), ref if residual is not None else (ref,)):
+                torch.testing.assert_close(g.float(), e.float(), rtol=2e-3, atol=2e-3)
+            plain_args = {k: v for k, v in args.items() if k != "weight_permuted"}
+            t = {"triton": bench_ms(lambda: permuted_rms_norm(x, w_p, perm, 1e-6, residual, **args)),
+                 "triton_unpermuted": bench_ms(lambda: permuted_rms_norm(x, w, None, 1e-6, residual, **plain_args)),
+                 "torch_eager": bench_ms(lambda: permuted_rms_norm_reference(x, w, perm, 1e-6, residual)),
+                 "torch_compile": run.time_compiled(permuted_rms_norm_reference, x, w, perm, 1e-6, residual)}
+            nbytes = (2 if residual is None else 4) * x.numel() * x.element_size()
+            run.record("rms_norm", variant, (RMS_TOKENS, h), "float16", t, nbytes)
+        del x, res, out, h_out
+        torch.cuda.empty_cache()
+
+
+def _ms(rows, kernel, variant, shape, impl):
+    for r in rows:
+        if (r["kernel"], r["variant"], r["rows"], r["cols"], r["impl"]) == (kernel, variant, *shape, impl):
+            return r["median_ms"], r
+    return None, None
+
+
+def acceptance(rows) -> dict:
+    """The issue's GPU acceptance quantities, from this run's rows."""
+    res = {}
+    tri, row = _ms(rows, "fused_prune", "2:4", ACCEPT_SHAPE, "triton")
+    off, _ = _ms(rows, "fused_prune", "2:4", ACCEPT_SHAPE, "official")
+    if tri is not None:
+        res["fused_prune_pct_copy_8192x28672"] = row["pct_copy"]
+        res["fused_prune_pct_copy_ok (>= 70)"] = row["pct_copy"] >= 70
+    if tri is not None and off is not None:
+        res["fused_prune_speedup_vs_official_8192x28672"] = off / tri
+        res["fused_prune_speedup_ok (>= 20)"] = off / tri >= 20
+    perm, _ = _ms(rows, "rms_norm", "plain", (RMS_TOKENS, 8192), "triton")
+    if perm is None:
+        return res
+    plain, _ = _ms(rows, "rms_norm", "plain", (RMS_TOKENS, 8192), "triton_unpermuted")
+    eager, _ = _ms(rows, "rms_norm", "plain", (RMS_TOKENS, 8192), "torch_eager")
+    if perm is not None:
+        res["rms_permuted_over_unpermuted_8192x8192"] = perm / plain
+        res["rms_permuted_over_unpermuted_ok (<= 1.05)"] = perm / plain <= 1.05
+        res["rms_speedup_vs_torch_rmsnorm_index_select_8192x8192"] = eager / perm
+        res["rms_speedup_ok (>= 1.5)"] = eager / perm >= 1.5
+    return res
+
+
+def plot(rows, path: Path, gpu: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    pr = [r for r in rows if r["kernel"] == "fused_prune"]
-    for pattern, marker in (("2:4", "o"), ("0.5", "s")):
-        sel = [r for r in pr if r["pattern"] == pattern]
-        axes[0].plot([f"{r['rows']}x{r['cols']}" for r in sel], [r["pct_copy"] for r in sel], marker=marker,
-                     label=f"fused prune {pattern}: % of copy bandwidth")
-    axes[0].set_ylabel("% of measured D2D copy bandwidth")
-    axes[0].tick_params(axis="x", rotation=45)
-    axes[0].legend()
-    axes[0].set_title("fused RIA score + prune (fp16)")
-    rr = [r for r in rows if r["kernel"] == "permuted_rms_norm"]
-    labels = [f"{r['tokens']}x{r['hidden']}" for r in rr]
-    xs = range(len(rr))
-    for key, off in (("triton_permuted_ms", -0.3), ("triton_unpermuted_ms", -0.1), ("torch_eager_ms", 0.1),
-                     ("torch_compile_ms", 0.3)):
-        axes[1].bar([x + off for x in xs], [r[key] for r in rr], width=0.2, label=key.replace("_ms", ""))
-    axes[1].set_xticks(list(xs), labels)
-    axes[1].set_ylabel("median ms")
-    axes[1].legend()
-    axes[1].set_title("RMSNorm with permuted output (fp16)")
-    dev = torch.cuda.get_device_name()
-    fig.suptitle(f"ria-kernels per-kernel benchmark on {dev}")
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5))
+    ax = axes[0]
+    for kernel, variant, marker in (("fused_prune", "2:4", "o"), ("fused_prune", "0.5", "s"),
+                                    ("nm_topk", "2:4", "^"), ("score", "ria", "v")):
+        sel = [r for r in rows if (r["kernel"], r["variant"], r["impl"]) == (kernel, variant, "triton")]
+        if sel:
+            ax.plot([f"{r['rows']}x{r['cols']}" for r in sel], [r["pct_copy"] for r in sel], marker=marker,
+                    label=f"{kernel} {variant}")
+    ax.axhline(70, color="grey", ls="--", lw=0.8, label="70% (acceptance, fused 2:4)")
+    ax.set_ylabel("% of measured D2D copy bandwidth")
+    ax.set_title("Triton kernels: achieved bandwidth")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for impl, marker in (("official", "o"), ("torch_eager", "s"), ("torch_compile", "^")):
+        sel = [r for r in rows if (r["kernel"], r["variant"], r["impl"]) == ("fused_prune", "2:4", impl)]
+        if sel:
+            ax.plot([f"{r['rows']}x{r['cols']}" for r in sel], [r["speedup_of_triton"] for r in sel],
+                    marker=marker, label=f"vs {impl}")
+    ax.axhline(20, color="grey", ls="--", lw=0.8, label="20x (acceptance vs official)")
+    ax.set_yscale("log")
+    ax.set_ylabel("speedup of the Triton fused 2:4 prune")
+    ax.set_title("fused RIA score + 2:4 prune vs baselines (fp16)")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    rr = [r for r in rows if r["kernel"] == "rms_norm"]
+    groups = sorted({(r["cols"], r["variant"]) for r in rr})
+    impls = ("triton", "triton_unpermuted", "torch_eager", "torch_compile")
+    for i, impl in enumerate(impls):
+        vals = [next((r["median_ms"] for r in rr if (r["cols"], r["variant"], r["impl"]) == (*g, impl)), 0)
+                for g in groups]
+        ax.bar([j + (i - 1.5) * 0.2 for j in range(len(groups))], vals, width=0.2,
+               label="triton permuted" if impl == "triton" else impl)
+    ax.set_xticks(list(range(len(groups))), [f"{RMS_TOKENS}x{h}\n{v}" for h, v in groups])
+    ax.set_ylabel("median ms")
+    ax.set_title("RMSNorm, permuted output (fp16)")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"ria-kernels per-kernel benchmark on {gpu}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 
 
 def main() -> int:
+    global DEV, RMS_TOKENS, bench_ms
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results", help="folder for kernels.json / kernels.png")
-    ap.add_argument("--quick", action="store_true", help="only the two largest prune shapes")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"only {ACCEPT_SHAPE[0]}x{ACCEPT_SHAPE[1]} (2:4) and RMSNorm {RMS_TOKENS}x8192")
+    ap.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS), help="subset to run")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU code-path check only (needs TRITON_INTERPRET=1): tiny shapes, wall-clock "
+                         "timings that mean nothing; for testing this script without a GPU")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    if args.smoke:
+        DEV, RMS_TOKENS, bench_ms = "cpu", 4, _wall_ms
+        shapes, hiddens = [(8, 32), (5, 16)], (24,)
+    elif not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA GPU (this machine has none); nothing measured")
         return 1
-    rows: list[dict] = []
-    bench_rmsnorm(rows)
-    bench_prune(rows, args.quick)
-    write_rows(args.out, "kernels", rows)
-    plot(rows, Path(args.out) / "kernels.png")
-    print_table([r for r in rows if r["kernel"] == "fused_prune"],
-                ["pattern", "rows", "cols", "triton_ms", "torch_eager_ms", "torch_compile_ms", "official_ms",
-                 "pct_copy", "speedup_vs_official"])
-    print_table([r for r in rows if r["kernel"] == "permuted_rms_norm"],
-                ["tokens", "hidden", "triton_permuted_ms", "triton_unpermuted_ms", "torch_eager_ms",
-                 "torch_compile_ms", "permuted_over_unpermuted", "speedup_vs_eager"])
+    else:
+        shapes = [ACCEPT_SHAPE] if args.quick else SHAPES
+        hiddens = (8192,) if args.quick else RMS_HIDDEN
+    run = Runner(args.quick, args.smoke)
+    if "rms_norm" in args.kernels:
+        bench_rms_norm(run, hiddens)
+    if "fused_prune" in args.kernels:
+        bench_fused_prune(run, shapes)
+    if "nm_topk" in args.kernels:
+        bench_nm_topk(run, shapes)
+    if "score" in args.kernels:
+        bench_score(run, shapes)
+    acc = acceptance(run.rows)
+    write_rows(args.out, "kernels", run.rows, extra={"acceptance": acc, "quick": args.quick})
+    plot(run.rows, Path(args.out) / "kernels.png", run.gpu)
+    cols = ["kernel", "variant", "rows", "cols", "impl", "median_ms", "gbps", "pct_copy", "speedup_of_triton"]
+    print_table(run.rows, cols)
+    print("\nacceptance (issue 3):")
+    for k, v in acc.items():
+        print(f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}")
     return 0
 
 

@@ -15,6 +15,7 @@ from .ops.rms_norm import permuted_rms_norm  # noqa: E402
 _LAZY = {
     "prune_model": "ria_kernels.pruning",
     "PruneReport": "ria_kernels.pruning",
+    "load_prune_report": "ria_kernels.pruning",
     "get_adapter": "ria_kernels.models",
     "SparseLinear": "ria_kernels.sparse_linear",
     "channel_permutation": "ria_kernels.permutation",

@@ -26,8 +26,13 @@ def triton_available() -> bool:
     return True
 
 
+# Triton picks interpreter vs compiled kernels when a kernel is decorated (at import of our
+# ops), so what counts is the value then, not a later change of the environment.
+_INTERPRET_AT_IMPORT = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def interpret_mode() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRET_AT_IMPORT
 
 
 def resolve_backend(op: str, tensor: torch.Tensor, backend: str | None = None) -> str:

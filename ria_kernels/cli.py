@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --permute: linear-sum-assignment refinement after the heuristic allocation")
     g.add_argument("--blocks", type=int, default=1, help="with --permute: fast LSA over this many communities")
     g.add_argument("--reconstruction", action="store_true", help="OBS weight reconstruction after masking (RIA+rec)")
+    g.add_argument("--sparse-inference", action="store_true",
+                   help="after pruning, convert the model with to_sparse_inference (2:4 linears become SparseLinear, "
+                        "channel permutations applied for real) and report its perplexity too")
     g.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
     g.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT Hessian damping (fraction of mean diag)")
     g.add_argument("--batch-size", type=int, default=1, help="calibration samples per forward pass (default 1)")
@@ -136,6 +139,9 @@ def _check_args(args):
         raise RiaInputError("pass only one of --calib-text and --calib-dataset")
     if args.eval_text and args.eval_dataset:
         raise RiaInputError("pass only one of --eval-text and --eval-dataset")
+    if args.eval_zero_shot:
+        from .zero_shot import require_lm_eval
+        require_lm_eval()  # before minutes of pruning, not after
     return spec
 
 
@@ -269,7 +275,17 @@ def run(args) -> dict:
         Path(args.save).mkdir(parents=True, exist_ok=True)
         model.save_pretrained(args.save)
         tok.save_pretrained(args.save)
+        if report.permutations:  # so the saved model can be run permuted later (load_prune_report)
+            report.save_permutations(args.save)
         result["saved_to"] = str(args.save)
+    if args.sparse_inference:
+        from .inference import to_sparse_inference
+        t = time.perf_counter()
+        to_sparse_inference(model, report)  # in place, after --save (SparseLinear is not a HF module)
+        result["sparse_inference_convert_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result["sparse_inference_ppl"] = perplexity(model, eval_ids, seqlen, **ev)
+        result["sparse_inference_eval_s"] = time.perf_counter() - t
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
@@ -284,6 +300,8 @@ def _summary(r: dict) -> str:
     if "dense_ppl" in r:
         lines.append(f"  dense  perplexity: {r['dense_ppl']:.3f}")
     lines.append(f"  pruned perplexity: {r['pruned_ppl']:.3f}   (actual sparsity {r['actual_sparsity']:.4f})")
+    if "sparse_inference_ppl" in r:
+        lines.append(f"  sparse-inference perplexity: {r['sparse_inference_ppl']:.3f}   (to_sparse_inference model)")
     if "layer_sparsities" in r:
         lines.append("  layer sparsities: " + ", ".join(f"{s:.3f}" for s in r["layer_sparsities"]))
     b = r.get("backend", {})

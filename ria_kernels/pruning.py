@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -121,6 +122,36 @@ class PruneReport:
             "permutations": sorted(self.permutations),
             "permutation_stats": self.permutation_stats,
         })
+
+    def save_permutations(self, path: str | Path) -> Path:
+        """Write what ``to_sparse_inference`` needs (family, sparsity, permutations) with
+        ``torch.save``; a directory gets ``PERMUTATIONS_FILE`` inside it. Returns the file."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / PERMUTATIONS_FILE
+        torch.save({"format": 1, "method": self.method, "sparsity": self.sparsity, "family": self.family,
+                    "permutations": {k: v.detach().to("cpu", torch.long) for k, v in self.permutations.items()}},
+                   path)
+        return path
+
+
+PERMUTATIONS_FILE = "ria_permutations.pt"
+
+
+def load_prune_report(path: str | Path) -> PruneReport:
+    """A :class:`PruneReport` carrying the permutations saved by :meth:`PruneReport.save_permutations`
+    (a file, or a checkpoint directory written by ``ria-prune --save``), for ``to_sparse_inference``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PERMUTATIONS_FILE
+    if not path.is_file():
+        raise RiaInputError(f"no saved permutations at {path} (written by ria-prune --permute --save DIR)")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != 1 or not isinstance(data.get("permutations"), dict):
+        raise RiaInputError(f"{path} is not a ria-kernels permutations file")
+    return PruneReport(method=str(data.get("method", "")), sparsity=str(data.get("sparsity", "")), a=0.5,
+                       per_output=False, family=str(data.get("family", "")), permute=bool(data["permutations"]),
+                       permutations=dict(data["permutations"]))
 
 
 def _json_safe(obj):

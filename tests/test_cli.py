@@ -130,3 +130,33 @@ def test_embedded_default_model(tmp_path, capsys):
     assert r["model"] == "embedded" and r["actual_sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert r["pruned_ppl"] > 1 and r["dense_ppl"] > 1
     assert "embedded" in capsys.readouterr().out
+
+
+def test_permute_save_then_sparse_inference_from_the_checkpoint(tiny_checkpoint, capsys):
+    """--permute --save writes the permutations beside the checkpoint; --sparse-inference runs the
+    converted model (same perplexity); a reloaded checkpoint converts to the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    import ria_kernels as rk
+    from ria_kernels.inference import PermutedRMSNorm
+    d = tiny_checkpoint
+    out = d / "pruned"
+    rc = main(_args(d, "--sparsity-type", "2:4", "--permute", "--sparse-inference", "--save", str(out),
+                    "--json", str(d / "r.json")))
+    assert rc == 0
+    r = json.loads((d / "r.json").read_text())
+    assert r["sparse_inference_ppl"] == pytest.approx(r["pruned_ppl"], rel=1e-5)
+    assert "sparse-inference perplexity" in capsys.readouterr().out
+    report = rk.load_prune_report(out)
+    assert report.family == "llama" and report.sparsity == "2:4"
+    assert set(report.permutations) == set(r["report"]["permutations"]) and report.permutations
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(ids).logits
+        rk.to_sparse_inference(model, report)
+        got = model(ids).logits
+    assert isinstance(model.model.layers[0].input_layernorm, PermutedRMSNorm)
+    assert (got - want).abs().max().item() <= 1e-4
+    with pytest.raises(rk.RiaInputError, match="no saved permutations"):
+        rk.load_prune_report(d)

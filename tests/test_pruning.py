@@ -233,7 +233,7 @@ def test_bad_input_leaves_model_untouched(kwargs, msg):
 
 
 def test_forced_triton_on_cpu_without_interpreter_fails_before_touching(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr("ria_kernels._backend._INTERPRET_AT_IMPORT", False)  # as if imported without it
     model = make_tiny_model("opt")
     before = _weights(model)
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):

@@ -35,11 +35,14 @@ def test_sparsegpt_beats_magnitude_and_wanda(sparsity):
         assert bool(((new_w != 0).reshape(48, -1, 4).sum(-1) <= 2).all())
 
 
-def test_reconstruction_with_fixed_mask_never_worse():
+@pytest.mark.parametrize("sparsity", ["2:4", 0.5, 0.7])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "ria"])
+def test_reconstruction_with_fixed_mask_never_worse(sparsity, method):
     for seed in range(3):
         W, X, H = _layer(seed)
-        mask = nm_mask_reference(pruning_score_reference(W, X.norm(dim=0), "ria"), 2, 4)
-        rec, keep = sparsegpt_prune(W, H, "2:4", mask=mask)
+        score = pruning_score_reference(W, X.norm(dim=0), method)
+        mask = nm_mask_reference(score, 2, 4) if sparsity == "2:4" else unstructured_mask_reference(score, sparsity)
+        rec, keep = sparsegpt_prune(W, H, sparsity, mask=mask)
         assert torch.equal(keep, mask)
         assert bool((rec[~mask] == 0).all())
         assert _err(W, rec, X) <= _err(W, W * mask, X)

@@ -182,6 +182,33 @@ class ModelAdapter:
     def layer_device(self, layer: nn.Module) -> torch.device:
         return module_device(layer)
 
+    # -- inference conversion (ria_kernels.inference) ----------------------
+    def norm_params(self, norm: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+        """``(weight, bias, eps)`` of a norm module named by a group's ``norm``
+        (RMSNorm: ``bias`` is None; ``weight`` None when the norm has no affine)."""
+        eps = getattr(norm, "variance_epsilon", None)
+        if eps is None:
+            eps = getattr(norm, "eps", None)
+        if eps is None:
+            raise RiaInputError(f"{self.family}: cannot read eps of norm module {type(norm).__name__}")
+        return getattr(norm, "weight", None), getattr(norm, "bias", None), float(eps)
+
+    def permuted_norm_error(self) -> str | None:
+        """None when a group's norm output may be written in permuted channel order
+        (pre-norm decoder: the residual stream is the norm's *input*, so it stays in
+        original order); else why not."""
+        return None
+
+    def fold_rule(self, group: LinearGroup) -> str:
+        """How a permutation of ``group``'s input channels folds into its producers'
+        output rows: ``"elementwise"`` (producers reach the group through elementwise
+        ops, e.g. act(gate) * up: any permutation folds), ``"per_head"`` (through
+        attention: only a permutation that maps every head onto itself, identically
+        for the query heads sharing a kv head), ``"none"`` (no producers)."""
+        if not group.producers:
+            return "none"
+        return "per_head" if group.name == "attn_out" else "elementwise"
+
     # -- running -----------------------------------------------------------
     def _input_device(self) -> torch.device:
         return module_device(self.model.get_input_embeddings())

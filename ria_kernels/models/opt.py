@@ -18,3 +18,11 @@ class OPTAdapter(ModelAdapter):
     def __init__(self, model):
         super().__init__(model)
         self.num_kv_heads = self.num_heads
+
+    def permuted_norm_error(self) -> str | None:
+        if getattr(self.model.config, "do_layer_norm_before", True):
+            return None
+        # opt-350m normalises *after* the residual add: the norm output is the
+        # residual stream itself, so permuting it would permute the residual.
+        return ("OPT with do_layer_norm_before=False (post-LayerNorm, e.g. opt-350m) cannot take permuted "
+                "norm outputs: the LayerNorm output is the residual stream")

@@ -1,22 +1,32 @@
 """Fused score + select + prune.
 
-N:M: two passes over W — the |W| row/column sums (one read, ``abs_sums_triton``),
-then one kernel that recomputes each group's scores in registers, ranks them and
+N:M: two passes over W — the |W| row/column sums (one read, ``abs_sums_triton``; RI/RIA
+only), then ``_fused_nm_kernel``, which loads each [rows x groups x M] tile of W once,
+recomputes the scores in registers, ranks every group with one broadcast compare and
 writes the pruned weight and the keep-mask; the score matrix never reaches memory.
 Bytes moved: 2 reads of W + 1 write of W + 1 byte of mask per element.
-Unstructured: the score matrix (float32) is written by the score kernel and the
-k-th score is selected on device (``threshold_mask``), then W is masked.
+Magnitude, Wanda, RI and RIA are the same kernel with terms switched off (constexprs).
+Unstructured: the score matrix (float32) is written by the score kernel, the k-th
+score is found on device (radix select per layer, ``kthvalue`` per row; no sort),
+then W is masked. Ties: see ``ops/nm_mask.py`` (stable-sort order, lower index first).
+
+Dispatch: N:M calls without ``out``/``mask_out`` go through the custom op
+``ria_kernels::fused_prune_nm`` (fake impl registered); its implementation and the
+eager ``out=`` path both call ``_dispatch``, whose ``resolve_backend`` is the one choice.
 
 Torch reference: ``fused_prune_reference`` = ``pruning_score_reference`` + the mask
 references of ``ops/nm_mask.py``.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .._backend import resolve_backend
+from .._errors import RiaInputError
 from .._validation import check_divisible, parse_sparsity
-from .nm_mask import nm_mask_reference, threshold_mask, unstructured_mask_reference
+from .nm_mask import group_rank, nm_mask_reference, nm_tile, threshold_mask, unstructured_mask_reference
 from .ria_score import _check_inputs, _pruning_score_triton, pruning_score_reference, triton_factors
 
 try:
@@ -26,7 +36,10 @@ except ImportError:  # pragma: no cover
     triton = None
 
 
-def fused_prune_reference(weight, act_norm=None, method="ria", a=0.5, sparsity=0.5, per_output=False):
+def fused_prune_reference(weight: torch.Tensor, act_norm: Optional[torch.Tensor] = None, method: str = "ria",
+                          a: float = 0.5, sparsity=0.5, per_output: bool = False
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-torch score (float32) + selection reference, then ``W * mask``."""
     spec = parse_sparsity(sparsity)
     score = pruning_score_reference(weight, act_norm, method, a)
     if spec.is_nm:
@@ -36,86 +49,121 @@ def fused_prune_reference(weight, act_norm=None, method="ria", a=0.5, sparsity=0
     return weight * mask.to(weight.dtype), mask
 
 
-def fused_prune(weight: torch.Tensor, act_norm: torch.Tensor | None = None, method: str = "ria", a: float = 0.5,
-                sparsity: float | str = 0.5, per_output: bool = False, *, backend: str | None = None,
-                out: torch.Tensor | None = None, mask_out: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score ``weight`` with ``method`` and prune it: returns ``(pruned_weight, keep_mask)``."""
+def _check_out(weight: torch.Tensor, out: Optional[torch.Tensor], mask_out: Optional[torch.Tensor]) -> None:
+    if out is not None and (out.shape != weight.shape or out.dtype != weight.dtype or out.device != weight.device
+                            or not out.is_contiguous()):
+        raise RiaInputError(f"out must be a contiguous {weight.dtype} tensor of shape {tuple(weight.shape)} on "
+                            f"{weight.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    if mask_out is not None and (mask_out.shape != weight.shape or mask_out.dtype != torch.bool
+                                 or mask_out.device != weight.device or not mask_out.is_contiguous()):
+        raise RiaInputError(f"mask_out must be a contiguous torch.bool tensor of shape {tuple(weight.shape)} on "
+                            f"{weight.device}, got {mask_out.dtype} {tuple(mask_out.shape)}")
+
+
+def fused_prune(weight: torch.Tensor, act_norm: Optional[torch.Tensor] = None, method: str = "ria",
+                a: float = 0.5, sparsity: float | str = 0.5, per_output: bool = False, *,
+                backend: Optional[str] = None, out: Optional[torch.Tensor] = None,
+                mask_out: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score ``weight`` with ``method`` and prune it: returns ``(pruned_weight, keep_mask)``.
+
+    N:M without ``out``/``mask_out`` runs as the custom op ``ria_kernels::fused_prune_nm``
+    (traceable by ``torch.compile``); ``out``/``mask_out`` (eager only) receive the results."""
     spec = parse_sparsity(sparsity)
     _check_inputs(weight, act_norm, method)
     if spec.is_nm:
         check_divisible(weight.shape[1], spec.m, "weight.shape[1]")
+    _check_out(weight, out, mask_out)
+    if spec.is_nm and out is None and mask_out is None:
+        return torch.ops.ria_kernels.fused_prune_nm(weight, act_norm, method, float(a), spec.n, spec.m, backend)
+    return _dispatch(weight, act_norm, method, a, spec, per_output, backend, out, mask_out)
+
+
+def _dispatch(weight, act_norm, method, a, spec, per_output, backend, out=None, mask_out=None):
+    """The one backend decision for fused_prune (called eagerly or from the custom op)."""
     if resolve_backend("fused_prune", weight, backend) == "torch":
-        return fused_prune_reference(weight, act_norm, method, a, spec, per_output)
-    if not spec.is_nm:
+        pruned, mask = fused_prune_reference(weight, act_norm, method, a, spec, per_output)
+    elif spec.is_nm:
+        return _fused_nm_triton(weight, act_norm, method, a, spec.n, spec.m, out, mask_out)
+    else:
         score = _pruning_score_triton(weight, act_norm, method, a)
         k = int(score.shape[1] * spec.ratio) if per_output else int(score.numel() * spec.ratio)
         mask = threshold_mask(score, k, 1 if per_output else None)
-        pruned = torch.mul(weight, mask.to(weight.dtype), out=out)
-        if mask_out is not None:
-            mask_out.copy_(mask)
-            mask = mask_out
-        return pruned, mask
-    return _fused_nm_triton(weight, act_norm, method, a, spec.n, spec.m, out, mask_out)
+        pruned = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+    if out is not None:
+        pruned = out.copy_(pruned)
+    if mask_out is not None:
+        mask = mask_out.copy_(mask)
+    return pruned, mask
+
+
+@torch.library.custom_op("ria_kernels::fused_prune_nm", mutates_args=())
+def _fused_prune_nm_op(weight: torch.Tensor, act_norm: Optional[torch.Tensor], method: str, a: float, n: int,
+                       m: int, backend: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    pruned, mask = _dispatch(weight, act_norm, method, a, parse_sparsity(f"{n}:{m}"), False, backend)
+    if pruned.data_ptr() == weight.data_ptr():  # custom-op outputs may not alias inputs
+        pruned = pruned.clone()
+    return pruned, mask
+
+
+@_fused_prune_nm_op.register_fake
+def _(weight, act_norm, method, a, n, m, backend):
+    return (torch.empty(weight.shape, dtype=weight.dtype, device=weight.device),
+            torch.empty(weight.shape, dtype=torch.bool, device=weight.device))
 
 
 if triton is not None:
     @triton.jit
-    def _group_score(w_ptr, row_off, g_cols, j: tl.constexpr, rows, R, C, row_inv, col_inv_ptr, col_scale_ptr,
-                     valid, USE_RI: tl.constexpr, USE_SCALE: tl.constexpr):
-        cols = g_cols + j
-        w = tl.load(w_ptr + row_off + cols[None, :], mask=valid, other=0.0)
-        s = tl.abs(w.to(tl.float32))
-        if USE_RI:
-            ci = tl.load(col_inv_ptr + cols, mask=cols < C, other=0.0)
-            s = s * (row_inv[:, None] + ci[None, :])
-        if USE_SCALE:
-            cs = tl.load(col_scale_ptr + cols, mask=cols < C, other=0.0)
-            s = s * cs[None, :]
-        return w, s
-
-    @triton.jit
     def _fused_nm_kernel(w_ptr, out_ptr, mask_ptr, row_inv_ptr, col_inv_ptr, col_scale_ptr,
-                         R, C, G, stride_r, KEEP: tl.constexpr, M: tl.constexpr,
+                         R, C, G, stride_r, KEEP: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
                          USE_RI: tl.constexpr, USE_SCALE: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
+        """Second pass of the fused N:M prune. A program loads a [BLOCK_R*BLOCK_G, MP] tile of
+        W once (contiguous per row), recomputes the scores in registers in the reference's
+        operation order (|w| * (row_inv + col_inv) * col_scale, so scores are bit-equal),
+        ranks each group with one broadcast compare and writes the pruned tile and the mask
+        tile. The score matrix never reaches memory."""
         pid_r = tl.program_id(0)
         pid_g = tl.program_id(1)
-        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-        groups = pid_g * BLOCK_G + tl.arange(0, BLOCK_G)
-        valid = (rows[:, None] < R) & (groups[None, :] < G)
-        row_off = rows[:, None].to(tl.int64) * stride_r
-        out_off = rows[:, None].to(tl.int64) * C
-        g_cols = groups * M
-        row_inv = tl.load(row_inv_ptr + rows, mask=rows < R, other=0.0)
-        for k in tl.static_range(M):
-            w_k, s_k = _group_score(w_ptr, row_off, g_cols, k, rows, R, C, row_inv, col_inv_ptr, col_scale_ptr,
-                                    valid, USE_RI, USE_SCALE)
-            rank = tl.zeros((BLOCK_R, BLOCK_G), dtype=tl.int32)
-            for j in tl.static_range(M):
-                if j != k:
-                    _, s_j = _group_score(w_ptr, row_off, g_cols, j, rows, R, C, row_inv, col_inv_ptr,
-                                          col_scale_ptr, valid, USE_RI, USE_SCALE)
-                    if j < k:  # ties: the lower column index wins
-                        rank += (s_j >= s_k).to(tl.int32)
-                    else:
-                        rank += (s_j > s_k).to(tl.int32)
-            keep = rank < KEEP
-            cols = g_cols + k
-            tl.store(out_ptr + out_off + cols[None, :], tl.where(keep, w_k, tl.zeros_like(w_k)), mask=valid)
-            tl.store(mask_ptr + out_off + cols[None, :], keep.to(tl.int8), mask=valid)
+        nn = tl.arange(0, BLOCK_R * BLOCK_G)
+        rows = pid_r * BLOCK_R + nn // BLOCK_G
+        groups = pid_g * BLOCK_G + nn % BLOCK_G
+        lane = tl.arange(0, MP)
+        ok = (rows < R) & (groups < G)
+        valid = ok[:, None] & (lane[None, :] < M)
+        col = groups[:, None] * M + lane[None, :]
+        rows64 = rows.to(tl.int64)[:, None]
+        w = tl.load(w_ptr + rows64 * stride_r + col, mask=valid, other=0.0)
+        s = tl.abs(w.to(tl.float32))
+        if USE_RI:
+            ri = tl.load(row_inv_ptr + rows, mask=ok, other=0.0)
+            ci = tl.load(col_inv_ptr + col, mask=valid, other=0.0)
+            s = s * (ri[:, None] + ci)
+        if USE_SCALE:
+            cs = tl.load(col_scale_ptr + col, mask=valid, other=0.0)
+            s = s * cs
+        s = tl.where(valid, s, float("-inf"))  # padding lanes never beat a real column
+        keep = (group_rank(s, MP) < KEEP) & valid
+        out_off = rows64 * C + col
+        tl.store(out_ptr + out_off, tl.where(keep, w, tl.zeros_like(w)), mask=valid)
+        tl.store(mask_ptr + out_off, keep.to(tl.int8), mask=valid)
 
 
-def _fused_nm_triton(weight, act_norm, method, a, n, m, out, mask_out):
+def _fused_nm_triton(weight, act_norm, method, a, n, m, out=None, mask_out=None):
+    """Pass 1: |W| row/column sums (``abs_sums_triton``, one read of W, RI/RIA only).
+    Pass 2: ``_fused_nm_kernel``. Bytes: 2 reads of W + 1 write + 1 mask byte per element
+    (1 read for magnitude/Wanda)."""
     r, c = weight.shape
     g = c // m
     row_inv, col_inv, col_scale = triton_factors(weight, act_norm, method, a)
     if out is None:
-        out = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    mask8 = torch.empty((r, c), dtype=torch.int8, device=weight.device) if mask_out is None else mask_out.view(torch.int8)
-    block_r, block_g = 16, max(16, 256 // m)
+        out = torch.empty((r, c), dtype=weight.dtype, device=weight.device)
+    mask = torch.empty((r, c), dtype=torch.bool, device=weight.device) if mask_out is None else mask_out
+    if r == 0 or c == 0:
+        return out, mask
+    mp, block_r, block_g, warps = nm_tile(r, g, m)
     grid = (triton.cdiv(r, block_r), triton.cdiv(g, block_g))
-    _fused_nm_kernel[grid](weight, out, mask8, row_inv, col_inv, col_scale, r, c, g, weight.stride(0),
-                           KEEP=m - n, M=m, USE_RI=method in ("ri", "ria"), USE_SCALE=method in ("wanda", "ria"),
-                           BLOCK_R=block_r, BLOCK_G=block_g)
-    return out, mask8.view(torch.bool)
+    _fused_nm_kernel[grid](weight, out, mask.view(torch.int8), row_inv, col_inv, col_scale, r, c, g,
+                           weight.stride(0), KEEP=m - n, M=m, MP=mp, USE_RI=method in ("ri", "ria"),
+                           USE_SCALE=method in ("wanda", "ria"), BLOCK_R=block_r, BLOCK_G=block_g,
+                           num_warps=warps)
+    return out, mask

@@ -96,18 +96,26 @@ _METHOD_ID = {"magnitude": 0, "wanda": 1, "ri": 2, "ria": 3}
 if triton is not None:
     @triton.jit
     def _abs_sums_kernel(w_ptr, rowp_ptr, colp_ptr, R, C, stride_r,
-                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-        """Partial row/column sums of |W| per tile, written (not atomically added) so
-        the final reduction is deterministic: rowp[pid_c, r], colp[pid_r, c]."""
+                         ROWS_PER_PROG: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Row and column sums of |W| from one read. A program owns a ROWS_PER_PROG x BLOCK_C
+        strip: it accumulates the column sums over the strip in registers and writes one
+        partial row sum per BLOCK_C columns. Partials are written, not atomically added,
+        so the result is deterministic: rowp[pid_c, r], colp[pid_r, c]. Striding over
+        rows keeps the partial buffers ~1.5% of W's bytes at 8192 x 28672 (was ~8% with
+        one 32 x 128 tile per program)."""
         pid_r = tl.program_id(0)
         pid_c = tl.program_id(1)
-        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        valid = (rows[:, None] < R) & (cols[None, :] < C)
-        w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_r + cols[None, :], mask=valid, other=0.0)
-        w = tl.abs(w.to(tl.float32))
-        tl.store(rowp_ptr + pid_c.to(tl.int64) * R + rows, tl.sum(w, axis=1), mask=rows < R)
-        tl.store(colp_ptr + pid_r.to(tl.int64) * C + cols, tl.sum(w, axis=0), mask=cols < C)
+        col_ok = cols < C
+        acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for i in tl.static_range(0, ROWS_PER_PROG, BLOCK_R):
+            rows = pid_r * ROWS_PER_PROG + i + tl.arange(0, BLOCK_R)
+            valid = (rows[:, None] < R) & col_ok[None, :]
+            w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_r + cols[None, :], mask=valid, other=0.0)
+            w = tl.abs(w.to(tl.float32))
+            tl.store(rowp_ptr + pid_c.to(tl.int64) * R + rows, tl.sum(w, axis=1), mask=rows < R)
+            acc += tl.sum(w, axis=0)
+        tl.store(colp_ptr + pid_r.to(tl.int64) * C + cols, acc, mask=col_ok)
 
     @triton.jit
     def _score_kernel(w_ptr, out_ptr, row_inv_ptr, col_inv_ptr, col_scale_ptr, R, C, stride_r,
@@ -138,24 +146,26 @@ if triton is not None:
         return s
 
 
-_SUM_BLOCK_R, _SUM_BLOCK_C = 32, 128
+_SUM_BLOCK_R, _SUM_BLOCK_C, _SUM_ROWS = 16, 256, 256
 
 
 def abs_sums_triton(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column sums of |W| in float32 from one read of W."""
     r, c = weight.shape
-    gr, gc = triton.cdiv(r, _SUM_BLOCK_R), triton.cdiv(c, _SUM_BLOCK_C)
+    rows_per_prog = min(_SUM_ROWS, triton.cdiv(r, _SUM_BLOCK_R) * _SUM_BLOCK_R)
+    gr, gc = triton.cdiv(r, rows_per_prog), triton.cdiv(c, _SUM_BLOCK_C)
     rowp = torch.empty((gc, r), dtype=torch.float32, device=weight.device)
     colp = torch.empty((gr, c), dtype=torch.float32, device=weight.device)
-    _abs_sums_kernel[(gr, gc)](weight, rowp, colp, r, c, weight.stride(0),
+    _abs_sums_kernel[(gr, gc)](weight, rowp, colp, r, c, weight.stride(0), ROWS_PER_PROG=rows_per_prog,
                                BLOCK_R=_SUM_BLOCK_R, BLOCK_C=_SUM_BLOCK_C)
     return rowp.sum(0), colp.sum(0)
 
 
 def triton_factors(weight, act_norm, method, a):
     """score_factors with the |W| sums from the Triton reduction kernel."""
-    if weight.stride(1) != 1:
-        raise RiaInputError("weight must be contiguous along columns (stride(1) == 1) for the Triton backend")
+    if weight.shape[1] > 1 and weight.stride(1) != 1:
+        raise RiaInputError("weight must be contiguous along columns (stride(1) == 1) for the Triton backend, "
+                            f"got strides {tuple(weight.stride())}")
     row_sum = col_sum = None
     if method in ("ri", "ria"):
         row_sum, col_sum = abs_sums_triton(weight)

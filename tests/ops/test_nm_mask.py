@@ -2,11 +2,13 @@ import pytest
 import torch
 
 from ria_kernels import RiaInputError
-from ria_kernels.ops.nm_mask import (_nm_topk_triton, nm_mask, nm_topk_blocks, nm_topk_blocks_reference,
-                                     threshold_mask, unstructured_mask, unstructured_mask_reference)
-from ._util import needs_triton, rand
+from ria_kernels.ops.nm_mask import (_nm_topk_triton, kth_smallest, nm_mask, nm_mask_reference, nm_topk_blocks,
+                                     nm_topk_blocks_reference, threshold_mask, unstructured_mask,
+                                     unstructured_mask_reference)
+from ._util import DEVICE, DTYPES, TOL, assert_mask_written, needs_triton, poisoned, rand
 
-NM = [(2, 4), (1, 4), (3, 4), (4, 8), (2, 8), (5, 16)]
+# M = 2..16 incl. non-powers of two (3, 6, 12: padded lanes), and 32 (the max we test)
+NM = [(2, 4), (1, 4), (3, 4), (4, 8), (2, 8), (5, 16), (1, 2), (1, 3), (2, 6), (6, 12), (16, 32)]
 
 
 @needs_triton
@@ -15,37 +17,105 @@ NM = [(2, 4), (1, 4), (3, 4), (4, 8), (2, 8), (5, 16)]
 def test_nm_topk_kernel_exact(rows, n, m, k):
     s = rand(rows, m * k, seed=rows * 31 + m * 7 + k)
     s[0, :m] = 0.5  # a fully tied group: lower column index must win
-    mask, sums = _nm_topk_triton(s, n, m)
+    s[rows // 2] = 0  # an all-zero row (every group fully tied)
+    mask_out, sums_out = poisoned((rows, m * k), torch.bool), poisoned((rows, k), torch.float32)
+    mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
+    assert mask.data_ptr() == mask_out.data_ptr() and sums.data_ptr() == sums_out.data_ptr()
     ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
-    assert torch.equal(mask, ref_mask)
+    assert_mask_written(mask, ref_mask)
     assert bool((mask.reshape(rows, k, m).sum(-1) == m - n).all())
     assert bool(mask[0, : m - n].all()) and not bool(mask[0, m - n:m].any())
-    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)
+    rtol, atol = TOL["block_sum"][torch.float32]
+    torch.testing.assert_close(sums, ref_sums, rtol=rtol, atol=atol)
 
 
 @needs_triton
-def test_nm_topk_zero_and_half_scores():
-    s = torch.zeros(3, 16, device=rand(1).device)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,n,m", [((7, 24), 2, 4), ((128, 48), 4, 8), ((1, 32), 5, 16)])
+def test_nm_topk_dtypes(dtype, shape, n, m):
+    s = rand(*shape, dtype=dtype, seed=shape[1] + m)
+    mask, sums = nm_topk_blocks(s, n, m, backend="triton")
+    ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
+    assert torch.equal(mask, ref_mask)
+    rtol, atol = TOL["block_sum"][dtype]
+    torch.testing.assert_close(sums, ref_sums, rtol=rtol, atol=atol)
+    assert torch.equal(nm_mask(s, n, m, backend="triton"), nm_mask_reference(s, n, m))
+
+
+@needs_triton
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (3, 6)])
+def test_ties_deterministic(n, m):
+    # integer scores in {0, 1, 2}: most groups have ties; the stable-sort reference decides
+    g = torch.Generator().manual_seed(m)
+    s = torch.randint(0, 3, (7, 4 * m), generator=g).float().to(DEVICE)
+    assert torch.equal(nm_mask(s, n, m, backend="triton"), nm_mask_reference(s, n, m))
+    assert torch.equal(nm_mask(s, n, m, backend="triton"), nm_mask(s, n, m, backend="triton"))
+
+
+@needs_triton
+def test_negative_and_infinite_scores():
+    s = rand(7, 16, seed=11) - 3.0
+    s[1, 2] = float("-inf")
+    s[2, :4] = float("-inf")  # a group of all -inf: ties again, lower index kept
+    s[3, 5] = float("inf")
     mask, sums = nm_topk_blocks(s, 2, 4, backend="triton")
-    assert torch.equal(mask, nm_topk_blocks_reference(s, 2, 4)[0]) and bool((sums == 0).all())
-    h = rand(5, 32, dtype=torch.float16, seed=9)
-    assert torch.equal(nm_mask(h, 2, 4, backend="triton"), nm_mask(h.float(), 2, 4, backend="torch"))
+    ref_mask, ref_sums = nm_topk_blocks_reference(s, 2, 4)
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)
 
 
 @needs_triton
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 0.9])
 @pytest.mark.parametrize("per_output", [False, True])
-def test_unstructured_selection_exact(ratio, per_output):
-    s = rand(7, 40, seed=int(ratio * 10))
-    s[2, :10] = 0.125  # ties across the threshold
+@pytest.mark.parametrize("shape", [(1, 40), (7, 40), (128, 12)])
+def test_unstructured_selection_exact(ratio, per_output, shape):
+    s = rand(*shape, seed=int(ratio * 10) + shape[0])
+    s[shape[0] // 2, :10] = 0.125  # ties across the threshold
+    s[-1] = 0  # an all-zero row
     assert torch.equal(unstructured_mask(s, ratio, per_output, backend="triton"),
                        unstructured_mask_reference(s, ratio, per_output))
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unstructured_integer_ties(dtype):
+    g = torch.Generator().manual_seed(3)
+    s = torch.randint(-2, 3, (9, 20), generator=g).to(dtype).to(DEVICE)
+    for per_output in (False, True):
+        assert torch.equal(unstructured_mask(s, 0.45, per_output, backend="triton"),
+                           unstructured_mask_reference(s, 0.45, per_output))
 
 
 def test_threshold_mask_ties_lower_index_pruned_first():
     s = torch.tensor([[1.0, 1.0, 1.0, 0.0, 2.0]])
     # prune 3: the 0.0, then the two lowest-index 1.0s
     assert threshold_mask(s, 3, 1).tolist() == [[False, False, True, False, True]]
+    assert threshold_mask(s, 3, None).tolist() == [[False, False, True, False, True]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kth_smallest_radix_select(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(997 + 131 * seed, generator=g) * 10 ** (seed - 3)
+    if seed % 2:
+        x = x.round()  # many exact ties
+    x[::11] = -0.0
+    x[::13] = float("inf")
+    x[::17] = float("-inf")
+    x = x.to(DEVICE)
+    for k in (1, 2, 100, x.numel() // 2, x.numel() - 1, x.numel()):
+        assert float(kth_smallest(x, k)) == float(torch.kthvalue(x.cpu(), k).values)
+
+
+@needs_triton
+def test_column_strided_score_rejected_on_triton():
+    with pytest.raises(RiaInputError, match="stride"):
+        nm_mask(rand(16, 8).t(), 2, 4, backend="triton")
+    with pytest.raises(RiaInputError, match="stride"):
+        nm_topk_blocks(rand(16, 8).t(), 2, 4, backend="triton")
+    # the torch reference accepts any layout
+    s = rand(16, 8).t()
+    assert torch.equal(nm_mask(s, 2, 4, backend="torch"), nm_mask_reference(s.contiguous(), 2, 4))
 
 
 def test_bad_inputs():
@@ -56,3 +126,23 @@ def test_bad_inputs():
         nm_mask(rand(4, 8), 5, 4)
     with pytest.raises(RiaInputError, match="M must be"):
         nm_mask(rand(4, 8), 1, 1)
+    with pytest.raises(RiaInputError, match="dtype"):
+        nm_mask(rand(4, 8).to(torch.int32), 2, 4)
+    with pytest.raises(RiaInputError, match="2-D"):
+        nm_topk_blocks(rand(8), 2, 4)
+    with pytest.raises(RiaInputError, match=r"\[0, 1\)"):
+        unstructured_mask(rand(4, 8), 1.0)
+    with pytest.raises(RiaInputError, match="backend must be one of"):
+        nm_topk_blocks(rand(4, 8), 2, 4, backend="cuda")
+
+
+# ---- custom op: ria_kernels::nm_topk_blocks
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_custom_op_opcheck_and_compile(backend):
+    s = rand(7, 16, seed=2)
+    torch.library.opcheck(torch.ops.ria_kernels.nm_topk_blocks.default, (s, 2, 4, backend))
+    fn = torch.compile(lambda t: nm_topk_blocks(t, 2, 4, backend=backend), fullgraph=True, backend="aot_eager")
+    mask, sums = fn(s)
+    ref_mask, ref_sums = nm_topk_blocks_reference(s, 2, 4)
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)

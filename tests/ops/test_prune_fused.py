@@ -3,44 +3,84 @@ import torch
 
 from ria_kernels import RiaInputError
 from ria_kernels.ops.prune_fused import fused_prune, fused_prune_reference
-from ._util import DTYPES, needs_triton, poisoned, rand
+from ._util import DEVICE, DTYPES, assert_mask_written, needs_triton, poisoned, rand
 
+METHODS = ("magnitude", "wanda", "ri", "ria")
 
 CASES = (
-    # every method on an odd row count, fp32, 2:4
-    [((7, 48), torch.float32, meth, "2:4") for meth in ("magnitude", "wanda", "ri", "ria")]
-    # every dtype and several patterns for RIA, odd and aligned shapes
+    # every method on r = 1, 7, 128, fp32, 2:4 (c = 4k for several k)
+    [((r, c), torch.float32, meth, "2:4") for meth in METHODS for r, c in ((1, 16), (7, 48), (128, 8))]
+    # every dtype and several patterns (M = 4, 6, 8, 16) for RIA, odd and aligned shapes
     + [(shape, dt, "ria", sp) for dt in DTYPES for shape, sp in
-       (((1, 16), "1:4"), ((128, 32), "4:8"), ((7, 80), "5:16"), ((9, 24), "3:4"))]
+       (((1, 16), "1:4"), ((128, 32), "4:8"), ((7, 80), "5:16"), ((9, 24), "3:4"), ((7, 36), "2:6"))]
+    # unstructured, per layer
     + [((7, 48), dt, "ria", 0.5) for dt in DTYPES]
 )
+
+
+def _inputs(shape, dtype, seed):
+    w = rand(*shape, dtype=dtype, seed=seed)
+    w[:, 0] = 0  # an all-zero column
+    if shape[0] > 2:
+        w[shape[0] // 2] = 0  # an all-zero row
+    act = rand(shape[1], seed=seed + 1).abs() + 0.01
+    return w, act
 
 
 @needs_triton
 @pytest.mark.parametrize("shape,dtype,method,sparsity", CASES)
 def test_fused_prune_matches_reference(shape, dtype, method, sparsity):
     seed = hash((shape, str(dtype), method, sparsity)) % 10_000
-    w = rand(*shape, dtype=dtype, seed=seed)
-    w[:, 0] = 0
-    act = rand(shape[1], seed=seed + 1).abs() + 0.01
-    out = poisoned(shape, dtype)
-    mask_out = poisoned(shape, torch.int8).view(torch.bool) if isinstance(sparsity, str) else None
+    w, act = _inputs(shape, dtype, seed)
+    out, mask_out = poisoned(shape, dtype), poisoned(shape, torch.bool)
     got_w, got_m = fused_prune(w, act, method, 0.5, sparsity, backend="triton", out=out, mask_out=mask_out)
     ref_w, ref_m = fused_prune_reference(w, act, method, 0.5, sparsity)
-    assert got_w.data_ptr() == out.data_ptr()
-    assert torch.equal(got_m, ref_m)
-    assert torch.equal(got_w, ref_w)  # pruning only zeroes: exact in every dtype
+    assert got_w.data_ptr() == out.data_ptr() and got_m.data_ptr() == mask_out.data_ptr()
+    assert_mask_written(got_m, ref_m)
+    assert torch.equal(got_w, ref_w)  # pruning only zeroes: exact in every dtype (and no NaN left)
+
+
+@needs_triton
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_fused_ties_deterministic(method):
+    # |W| in {0, 1, 2} and a constant act_norm: most groups tie; lower column index kept
+    g = torch.Generator().manual_seed(1)
+    w = torch.randint(-2, 3, (7, 32), generator=g).float().to(DEVICE)
+    act = torch.full((32,), 0.5, device=DEVICE)
+    got_w, got_m = fused_prune(w, act, method, 0.5, "2:4", backend="triton")
+    ref_w, ref_m = fused_prune_reference(w, act, method, 0.5, "2:4")
+    assert torch.equal(got_m, ref_m) and torch.equal(got_w, ref_w)
 
 
 @needs_triton
 @pytest.mark.parametrize("per_output", [False, True])
-def test_fused_unstructured_ratio_exact(per_output):
-    w = rand(13, 64, seed=5)
-    _, mask = fused_prune(w, rand(64, seed=6).abs(), "ria", 0.5, 0.3, per_output, backend="triton")
+@pytest.mark.parametrize("shape", [(1, 64), (13, 64), (128, 10)])
+def test_fused_unstructured_exact(per_output, shape):
+    w, act = _inputs(shape, torch.float16, shape[0])
+    out, mask_out = poisoned(shape, torch.float16), poisoned(shape, torch.bool)
+    got_w, got_m = fused_prune(w, act, "ria", 0.5, 0.3, per_output, backend="triton", out=out, mask_out=mask_out)
+    ref_w, ref_m = fused_prune_reference(w, act, "ria", 0.5, 0.3, per_output)
+    assert_mask_written(got_m, ref_m)
+    assert torch.equal(got_w, ref_w)
     if per_output:
-        assert bool(((~mask).sum(1) == int(64 * 0.3)).all())
+        assert bool(((~got_m).sum(1) == int(shape[1] * 0.3)).all())
     else:
-        assert int((~mask).sum()) == int(13 * 64 * 0.3)
+        assert int((~got_m).sum()) == int(shape[0] * shape[1] * 0.3)
+
+
+def test_torch_backend_fills_out():
+    w, act = _inputs((7, 16), torch.float32, 0)
+    out, mask_out = poisoned((7, 16), torch.float32), poisoned((7, 16), torch.bool)
+    got_w, got_m = fused_prune(w, act, "ria", 0.5, "2:4", backend="torch", out=out, mask_out=mask_out)
+    ref_w, ref_m = fused_prune_reference(w, act, "ria", 0.5, "2:4")
+    assert got_w.data_ptr() == out.data_ptr() and torch.equal(got_w, ref_w)
+    assert_mask_written(got_m, ref_m)
+
+
+@needs_triton
+def test_column_strided_weight_rejected_on_triton():
+    with pytest.raises(RiaInputError, match="stride"):
+        fused_prune(rand(16, 8).t(), rand(16).abs(), "ria", 0.5, "2:4", backend="triton")
 
 
 def test_bad_inputs():
@@ -50,3 +90,23 @@ def test_bad_inputs():
         fused_prune(rand(4, 8), rand(8).abs(), sparsity=1.0)
     with pytest.raises(RiaInputError, match="act_norm must have shape"):
         fused_prune(rand(4, 8), rand(6).abs(), sparsity="2:4")
+    with pytest.raises(RiaInputError, match="dtype"):
+        fused_prune(rand(4, 8).to(torch.int32), rand(8).abs(), sparsity="2:4")
+    with pytest.raises(RiaInputError, match="out must be"):
+        fused_prune(rand(4, 8), rand(8).abs(), sparsity="2:4", out=torch.empty(4, 4, device=DEVICE))
+    with pytest.raises(RiaInputError, match="mask_out must be"):
+        fused_prune(rand(4, 8), rand(8).abs(), sparsity="2:4", mask_out=torch.empty(4, 8, device=DEVICE))
+    with pytest.raises(RiaInputError, match="pattern like"):
+        fused_prune(rand(4, 8), rand(8).abs(), sparsity="2-4")
+
+
+# ---- custom op: ria_kernels::fused_prune_nm (the N:M path without out=)
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_custom_op_opcheck_and_compile(backend):
+    w, act = _inputs((7, 16), torch.float16, 4)
+    torch.library.opcheck(torch.ops.ria_kernels.fused_prune_nm.default, (w, act, "ria", 0.5, 2, 4, backend))
+    fn = torch.compile(lambda t, a: fused_prune(t, a, "ria", 0.5, "2:4", backend=backend), fullgraph=True,
+                       backend="aot_eager")
+    got_w, got_m = fn(w, act)
+    ref_w, ref_m = fused_prune_reference(w, act, "ria", 0.5, "2:4")
+    assert torch.equal(got_m, ref_m) and torch.equal(got_w, ref_w)

@@ -3,18 +3,24 @@ import torch
 
 from ria_kernels import RiaInputError, permuted_rms_norm
 from ria_kernels.ops.rms_norm import permuted_rms_norm_reference
-from ._util import DEVICE, DTYPES, TOL, needs_triton, poisoned, rand
+from ._util import DEVICE, DTYPES, TOL, needs_cuda, needs_triton, poisoned, rand
 
 
 def _ref64(x, w, perm, eps, res):
-    h = x.double() + (res.double() if res is not None else 0)
-    y = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * w.double()
+    """float64 RMSNorm; with a residual, h = x + residual rounded to x's dtype (the stored stream)."""
+    h = x if res is None else (x.double() + res.double()).to(x.dtype)
+    hd = h.double()
+    y = hd * torch.rsqrt(hd.pow(2).mean(-1, keepdim=True) + eps) * w.double()
     return (y if perm is None else y[..., perm]), h
 
 
+# rows = 1, 7, 128 (and a 3-D batch); hidden aligned (64, 96) and odd (5, 1000); all dtypes,
+# permuted and unpermuted, with and without the fused residual add
 CASES = ([((7, 64), dt, p, r) for dt in DTYPES for p in (False, True) for r in (False, True)]
-         + [((1, 8), torch.float32, True, True), ((2, 3, 96), torch.bfloat16, True, False),
-            ((5, 1000), torch.float16, True, True)])
+         + [((1, 8), dt, True, True) for dt in DTYPES]
+         + [((128, 5), dt, True, True) for dt in DTYPES]
+         + [((2, 3, 96), torch.bfloat16, True, False), ((5, 1000), torch.float16, True, True),
+            ((128, 96), torch.float32, False, True)])
 
 
 @needs_triton
@@ -27,14 +33,33 @@ def test_kernel_matches_reference(shape, dtype, permute, residual):
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(shape[-1], generator=g).to(DEVICE) if permute else None
     out = poisoned(shape, dtype)
-    got = permuted_rms_norm(x, w, perm, 1e-6, r, backend="triton", out=out)
+    res_out = poisoned(shape, dtype) if residual else None
+    got = permuted_rms_norm(x, w, perm, 1e-6, r, backend="triton", out=out, residual_out=res_out)
     y, h = (got if residual else (got, None))
     assert y.data_ptr() == out.data_ptr()
-    ry, rh = _ref64(x, w, perm.cpu() if permute else None, 1e-6, r)
-    rtol, atol = TOL[dtype]
-    torch.testing.assert_close(y.double().cpu(), ry.cpu(), rtol=rtol, atol=atol * 10)
+    ry, rh = _ref64(x, w, perm, 1e-6, r)
+    rtol, atol = TOL["rms_norm"][dtype]
+    torch.testing.assert_close(y.double(), ry, rtol=rtol, atol=atol)
     if residual:
-        torch.testing.assert_close(h.double().cpu(), rh.cpu(), rtol=rtol, atol=atol)
+        # the updated residual comes back in the ORIGINAL channel order, exactly x + residual
+        assert h.data_ptr() == res_out.data_ptr()
+        if dtype == torch.bfloat16 and DEVICE == "cpu":
+            # the Triton CPU interpreter rounds fp32 -> bf16 towards zero (GPU Triton rounds to
+            # nearest even), so off the GPU h may differ from the reference by one bf16 ulp
+            torch.testing.assert_close(h, rh, rtol=2 ** -7, atol=0)
+        else:
+            assert torch.equal(h, rh)
+    # and the custom-op path (no out=) gives the same bits
+    again = permuted_rms_norm(x, w, perm, 1e-6, r, backend="triton")
+    assert torch.equal(again if not residual else again[0], y)
+
+
+@needs_triton
+def test_all_zero_rows_give_zero():
+    x = torch.zeros(3, 16, device=DEVICE)
+    y = permuted_rms_norm(x, rand(16), torch.randperm(16).to(DEVICE), backend="triton",
+                          out=poisoned((3, 16), torch.float32))
+    assert torch.equal(y, torch.zeros_like(y))
 
 
 @needs_triton
@@ -43,8 +68,18 @@ def test_permuted_weight_cached_form():
     perm = torch.randperm(32).to(DEVICE)
     a = permuted_rms_norm(x, w, perm, backend="triton")
     b = permuted_rms_norm(x, w[perm], perm, backend="triton", weight_permuted=True, validate=False)
-    torch.testing.assert_close(a, b)
+    c = permuted_rms_norm(x, w[perm], perm, backend="torch", weight_permuted=True)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a, permuted_rms_norm_reference(x, w, perm), rtol=1e-5, atol=1e-6)
+
+
+@needs_triton
+def test_unpermuted_equals_permuted_with_identity():
+    x, w = rand(7, 48, dtype=torch.float16, seed=5), rand(48, dtype=torch.float16, seed=6)
+    ident = torch.arange(48, device=DEVICE)
+    assert torch.equal(permuted_rms_norm(x, w, None, backend="triton"),
+                       permuted_rms_norm(x, w, ident, backend="triton"))
 
 
 def test_bad_inputs():
@@ -53,12 +88,24 @@ def test_bad_inputs():
         permuted_rms_norm(x, w, torch.tensor([0, 0, 1, 2, 3, 4, 5, 6], device=x.device))
     with pytest.raises(RiaInputError, match="outside"):
         permuted_rms_norm(x, w, torch.arange(1, 9, device=x.device))
+    with pytest.raises(RiaInputError, match=r"perm must have shape \[8\]"):
+        permuted_rms_norm(x, w, torch.arange(7, device=x.device))
+    with pytest.raises(RiaInputError, match="perm must be int32/int64"):
+        permuted_rms_norm(x, w, torch.arange(8, device=x.device).float())
     with pytest.raises(RiaInputError, match="weight must have shape"):
         permuted_rms_norm(x, rand(7))
     with pytest.raises(RiaInputError, match="dtype"):
         permuted_rms_norm(x.double(), w)
     with pytest.raises(RiaInputError, match="residual shape"):
         permuted_rms_norm(x, w, residual=rand(4, 7))
+    with pytest.raises(RiaInputError, match="residual must be"):
+        permuted_rms_norm(x, w, residual=rand(4, 8, dtype=torch.float16))
+    with pytest.raises(RiaInputError, match="out must be"):
+        permuted_rms_norm(x, w, out=rand(4, 7))
+    with pytest.raises(RiaInputError, match="residual_out needs residual"):
+        permuted_rms_norm(x, w, residual_out=rand(4, 8))
+    with pytest.raises(RiaInputError, match="backend must be one of"):
+        permuted_rms_norm(x, w, backend="cuda")
 
 
 @needs_triton
@@ -66,3 +113,61 @@ def test_non_contiguous_rejected():
     x = rand(8, 16).t()
     with pytest.raises(RiaInputError, match="contiguous"):
         permuted_rms_norm(x, rand(8), backend="triton")
+    with pytest.raises(RiaInputError, match="contiguous"):
+        permuted_rms_norm(rand(16, 8), rand(8), residual=rand(8, 16).t(), backend="triton")
+
+
+# ---- custom ops: ria_kernels::permuted_rms_norm / permuted_add_rms_norm
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_custom_ops_opcheck(backend):
+    x, w, r = rand(5, 32, seed=1), rand(32, seed=2), rand(5, 32, seed=3)
+    perm = torch.randperm(32).to(DEVICE)
+    torch.library.opcheck(torch.ops.ria_kernels.permuted_rms_norm.default, (x, w, perm, 1e-6, backend, False))
+    torch.library.opcheck(torch.ops.ria_kernels.permuted_rms_norm.default, (x, w, None, 1e-6, backend, False))
+    torch.library.opcheck(torch.ops.ria_kernels.permuted_add_rms_norm.default,
+                          (x, r, w[perm], perm, 1e-6, backend, True))
+
+
+def _block(x, w, perm, r, backend):
+    # what a decoder layer does: fused add + permuted norm, then a plain norm (no graph break)
+    y, h = permuted_rms_norm(x, w, perm, 1e-6, r, backend=backend, validate=False)
+    z = permuted_rms_norm(h, w, None, 1e-6, backend=backend)
+    return y * 2, h, z
+
+
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_compile_fullgraph(backend, compile_backend):
+    if compile_backend == "inductor" and backend == "torch" and DEVICE == "cpu":
+        pytest.skip("one inductor compile on CPU is enough (slow C++ build)")
+    x, w, r = rand(5, 32, seed=1), rand(32, seed=2), rand(5, 32, seed=3)
+    perm = torch.randperm(32).to(DEVICE)
+    torch._dynamo.reset()
+    fn = torch.compile(_block, fullgraph=True, backend=compile_backend)
+    for got, ref in zip(fn(x, w, perm, r, backend), _block(x, w, perm, r, backend)):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+def test_cuda_graph_capture():
+    x, w, r = rand(64, 256, dtype=torch.float16), rand(256, dtype=torch.float16), rand(64, 256, dtype=torch.float16)
+    perm = torch.randperm(256, device="cuda")
+    wp = w[perm].contiguous()
+    eager = permuted_rms_norm(x, wp, perm, 1e-6, r, validate=False, weight_permuted=True)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm up (compile the kernel) outside the capture
+        permuted_rms_norm(x, wp, perm, 1e-6, r, validate=False, weight_permuted=True)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, h = permuted_rms_norm(x, wp, perm, 1e-6, r, validate=False, weight_permuted=True)
+    y.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, eager[0]) and torch.equal(h, eager[1])
+    fn = torch.compile(lambda a, b: permuted_rms_norm(a, wp, perm, 1e-6, b, validate=False, weight_permuted=True),
+                       mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):
+        got = fn(x, r)
+    assert torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1])

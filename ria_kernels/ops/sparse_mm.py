@@ -1,0 +1,268 @@
+"""2:4-sparse matmul ops of the CUDA extension ``ria_kernels._C``: checked Python
+wrappers, their fake (meta) implementations, and the torch reference.
+
+Every matmul computes ``y = alpha[n] * (x @ W^T) + bias[n]`` for a 2:4-sparse
+``W [N, K]`` (2 non-zeros in every 4 consecutive entries along K), ``x [T, K]``
+row-major, ``y [T, N]`` row-major in x's dtype (float16 / bfloat16); ``bias``
+([N], x's dtype) and ``alpha`` ([N], float32) are optional.
+
+The extension is never imported at package import time: :func:`load_ops` loads it
+on first use (through ``ria_kernels._build.load_extension``), then registers the
+fake implementations with ``torch.library.register_fake`` so the ops trace under
+``torch.compile``. Host-only queries (``cslt_available``, ``cslt_version``,
+``cslt_cache_stats``, ``cslt_clear_cache``, ``cutlass_available``) take no tensors
+and are never traced, so they get no fake.
+
+``cslt_search`` / ``cslt_mm`` configs are ``[alg_id, split_k, split_k_mode]`` as
+returned by ``cslt_search`` (their exact meaning is documented with the C++ op);
+``alg_id = -1`` asks the extension for its in-memory searched config of this
+problem key, searching on first use (never do that inside CUDA-graph capture).
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+
+from .._errors import BackendUnavailableError, RiaInputError
+from .._logging import logger
+
+SPARSE_DTYPES = (torch.float16, torch.bfloat16)
+# alg_id -1: the extension's own searched config for this key (see module docstring)
+AUTO_CONFIG = (-1, 1, 0)
+
+_lock = threading.Lock()
+_state: dict = {"tried": False, "module": None, "reason": "not loaded yet"}
+_fakes_registered: set[str] = set()
+
+
+# --------------------------------------------------------------------------- loading
+def load_ops() -> bool:
+    """Load the extension once (never on a machine without CUDA) and register fakes.
+
+    Returns whether the ``ria_kernels`` ops are usable; :func:`extension_status`
+    says why not.
+    """
+    with _lock:
+        if _state["tried"]:
+            return _state["module"] is not None
+        _state["tried"] = True
+        if not torch.cuda.is_available():
+            _state["reason"] = "no CUDA device (the extension's ops are CUDA-only)"
+            return False
+        try:
+            from .. import _build  # written with the C++ sources; may be missing in a partial checkout
+        except ImportError as exc:
+            _state["reason"] = f"ria_kernels._build is not importable ({exc})"
+            return False
+        try:
+            mod = _build.load_extension()
+        except Exception as exc:  # a broken build must say why, not crash the dense path
+            _state["reason"] = f"loading the extension failed: {type(exc).__name__}: {exc}"
+            return False
+        if mod is None:
+            status = getattr(_build, "extension_status", None)
+            _state["reason"] = status() if callable(status) else "extension not built"
+            return False
+        _state["module"] = mod
+        _state["reason"] = "loaded"
+        _register_fakes()
+        return True
+
+
+def extension_available() -> bool:
+    return load_ops()
+
+
+def extension_status() -> str:
+    """Why the extension is (not) usable, for error messages and test skip reasons."""
+    load_ops()
+    return _state["reason"]
+
+
+def _reset_for_tests() -> None:
+    """Forget the load attempt (tests monkeypatch ``_build``); fakes stay registered."""
+    with _lock:
+        _state.update(tried=False, module=None, reason="not loaded yet")
+
+
+def _require(op: str) -> None:
+    if not load_ops():
+        raise BackendUnavailableError(f"ria_kernels.{op}: the CUDA extension is unavailable: {_state['reason']}")
+
+
+# --------------------------------------------------------------------------- fakes
+def _fake_mm_out(x: torch.Tensor, n) -> torch.Tensor:
+    torch._check(x.dim() == 2, lambda: f"x must be 2-D [tokens, in_features], got {x.dim()}-D")
+    return x.new_empty((x.shape[0], n))
+
+
+def _register_fakes(namespace: str = "ria_kernels") -> None:
+    """register_fake for every tensor-returning op of ``namespace`` (once, after the extension
+    loaded; tests pass a scratch namespace with the same schemas)."""
+    if namespace in _fakes_registered:
+        return
+    ns = getattr(torch.ops, namespace)
+
+    def reg(name, fn):
+        if not hasattr(ns, name):
+            logger.warning("%s has no op %r; no fake registered", namespace, name)
+            return
+        try:
+            torch.library.register_fake(f"{namespace}::{name}")(fn)
+        except RuntimeError as exc:  # e.g. the C++ side already registered a Meta kernel
+            logger.info("fake for %s::%s not registered from Python: %s", namespace, name, exc)
+
+    def cslt_compress_fake(weight):
+        # the compressed size is a cuSPARSELt property (values + metadata + padding): unbacked
+        size = torch.library.get_ctx().new_dynamic_size()
+        return weight.new_empty((size,), dtype=torch.uint8)
+
+    def cslt_search_fake(x, compressed, out_features, bias=None, alpha=None):
+        raise RuntimeError(f"{namespace}::cslt_search times kernels on the device and cannot be traced; "
+                           "call it (or SparseLinear.tune) eagerly before torch.compile / graph capture")
+
+    def cslt_mm_fake(x, compressed, out_features, bias=None, alpha=None, alg_id=-1, split_k=1, split_k_mode=0):
+        return _fake_mm_out(x, out_features)
+
+    def cutlass_compress_fake(weight):
+        n, k = weight.shape
+        meta_size = torch.library.get_ctx().new_dynamic_size()
+        # metadata layout is the kernel's business; only its byte count is opaque here
+        return [weight.new_empty((n, k // 2)), weight.new_empty((meta_size,), dtype=torch.uint8)]
+
+    def cutlass_sparse_mm_fake(x, values, meta, bias=None, alpha=None):
+        return _fake_mm_out(x, values.shape[0])
+
+    reg("cslt_compress", cslt_compress_fake)
+    reg("cslt_search", cslt_search_fake)
+    reg("cslt_mm", cslt_mm_fake)
+    reg("cutlass_compress", cutlass_compress_fake)
+    reg("cutlass_sparse_mm", cutlass_sparse_mm_fake)
+    _fakes_registered.add(namespace)
+
+
+# --------------------------------------------------------------------------- checks
+def _check_weight(weight: torch.Tensor, op: str) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise RiaInputError(f"{op}: weight must be a 2-D tensor [out_features, in_features], "
+                            f"got {getattr(weight, 'shape', type(weight))}")
+    if weight.dtype not in SPARSE_DTYPES:
+        raise RiaInputError(f"{op}: weight dtype must be float16 or bfloat16, got {weight.dtype}")
+    if weight.device.type != "cuda":
+        raise RiaInputError(f"{op}: weight must be a CUDA tensor, got device {weight.device}")
+    if not weight.is_contiguous():
+        raise RiaInputError(f"{op}: weight must be contiguous (row-major [N, K])")
+    if weight.shape[1] % 4:
+        raise RiaInputError(f"{op}: in_features={weight.shape[1]} must be divisible by 4 (2:4 groups)")
+
+
+def _check_mm(op: str, x: torch.Tensor, n: int, device: torch.device,
+              bias: torch.Tensor | None, alpha: torch.Tensor | None) -> None:
+    if x.dim() != 2:
+        raise RiaInputError(f"{op}: x must be 2-D [tokens, in_features], got shape {tuple(x.shape)}")
+    if x.dtype not in SPARSE_DTYPES:
+        raise RiaInputError(f"{op}: x dtype must be float16 or bfloat16, got {x.dtype}")
+    if x.device != device:
+        raise RiaInputError(f"{op}: x is on {x.device} but the compressed weight is on {device}")
+    if not x.is_contiguous():
+        raise RiaInputError(f"{op}: x must be row-major contiguous, got strides {x.stride()}")
+    if x.shape[0] < 1:
+        raise RiaInputError(f"{op}: x needs at least 1 token, got {x.shape[0]}")
+    if n < 1:
+        raise RiaInputError(f"{op}: out_features must be >= 1, got {n}")
+    if bias is not None and (bias.shape != (n,) or bias.dtype != x.dtype or bias.device != x.device):
+        raise RiaInputError(f"{op}: bias must be [{n}] {x.dtype} on {x.device}, "
+                            f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
+    if alpha is not None and (alpha.shape != (n,) or alpha.dtype != torch.float32 or alpha.device != x.device):
+        raise RiaInputError(f"{op}: alpha must be [{n}] float32 on {x.device}, "
+                            f"got {tuple(alpha.shape)} {alpha.dtype} on {alpha.device}")
+
+
+# --------------------------------------------------------------------------- wrappers
+def cslt_available() -> bool:
+    """True when the extension loaded and was built with cuSPARSELt."""
+    return load_ops() and bool(torch.ops.ria_kernels.cslt_available())
+
+
+def cutlass_available() -> bool:
+    """True when the extension loaded and was built with its CUTLASS 2:4 kernel."""
+    return load_ops() and bool(torch.ops.ria_kernels.cutlass_available())
+
+
+def cslt_version() -> int:
+    """cusparseLtGetVersion of the extension's cuSPARSELt, 0 when not built with it / not loaded."""
+    return int(torch.ops.ria_kernels.cslt_version()) if load_ops() else 0
+
+
+def cslt_compress(weight: torch.Tensor) -> torch.Tensor:
+    """Compress a 2:4 ``weight [N, K]`` once into cuSPARSELt's opaque uint8 buffer."""
+    _check_weight(weight, "cslt_compress")
+    _require("cslt_compress")
+    return torch.ops.ria_kernels.cslt_compress(weight)
+
+
+def cslt_search(x: torch.Tensor, compressed: torch.Tensor, out_features: int,
+                bias: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> list[int]:
+    """cusparseLtMatmulSearch for this problem; returns ``[alg_id, split_k, split_k_mode]``."""
+    _check_mm("cslt_search", x, out_features, compressed.device, bias, alpha)
+    _require("cslt_search")
+    return [int(v) for v in torch.ops.ria_kernels.cslt_search(x, compressed, out_features, bias, alpha)]
+
+
+def cslt_mm(x: torch.Tensor, compressed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
+            alpha: torch.Tensor | None = None, config: tuple[int, int, int] | list[int] = AUTO_CONFIG
+            ) -> torch.Tensor:
+    """``alpha * (x @ W^T) + bias`` with W as compressed by :func:`cslt_compress`."""
+    _check_mm("cslt_mm", x, out_features, compressed.device, bias, alpha)
+    if len(config) != 3:
+        raise RiaInputError(f"cslt_mm: config must be [alg_id, split_k, split_k_mode], got {config}")
+    _require("cslt_mm")
+    alg_id, split_k, split_k_mode = (int(c) for c in config)
+    return torch.ops.ria_kernels.cslt_mm(x, compressed, out_features, bias, alpha, alg_id, split_k, split_k_mode)
+
+
+def cslt_cache_stats() -> tuple[int, int, int]:
+    """``(plan_hits, plan_misses, searches)`` since the extension loaded."""
+    _require("cslt_cache_stats")
+    return tuple(int(v) for v in torch.ops.ria_kernels.cslt_cache_stats())
+
+
+def cslt_clear_cache() -> None:
+    _require("cslt_clear_cache")
+    torch.ops.ria_kernels.cslt_clear_cache()
+
+
+def cutlass_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values [N, K/2], metadata)`` in the layout the CUTLASS kernel reads."""
+    _check_weight(weight, "cutlass_compress")
+    _require("cutlass_compress")
+    values, meta = torch.ops.ria_kernels.cutlass_compress(weight)
+    return values, meta
+
+
+def cutlass_sparse_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                      bias: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> torch.Tensor:
+    if values.dim() != 2 or values.shape[1] * 2 != x.shape[-1]:
+        raise RiaInputError(f"cutlass_sparse_mm: values must be [N, K/2] = [N, {x.shape[-1] // 2}], "
+                            f"got {tuple(values.shape)}")
+    _check_mm("cutlass_sparse_mm", x, values.shape[0], values.device, bias, alpha)
+    _require("cutlass_sparse_mm")
+    return torch.ops.ria_kernels.cutlass_sparse_mm(x, values, meta, bias, alpha)
+
+
+# --------------------------------------------------------------------------- reference
+def sparse_mm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                        alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 ``alpha * F.linear(x, W) + bias`` of the (already 2:4-masked) ``weight``.
+
+    Accepts ``x [..., K]``; returns float32 ``[..., N]``: the reference every
+    backend is compared against (and the benchmarks' correctness gate).
+    """
+    y = F.linear(x.float(), weight.float())
+    if alpha is not None:
+        y = y * alpha.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y
