@@ -74,6 +74,14 @@ def write_rows(out_dir: str | os.PathLike, name: str, rows: list[dict], extra: d
     return path
 
 
+def save_figure(fig, path: str | os.PathLike, title: str) -> None:
+    """Title, lay out and write a matplotlib figure (every benchmark's plot ends this way)."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def print_table(rows: Iterable[dict], cols: list[str]) -> None:
     rows = list(rows)
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) if rows else len(c) for c in cols]

@@ -47,7 +47,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bench_ms, print_table, write_rows  # noqa: E402
+from _common import bench_ms, print_table, save_figure, write_rows  # noqa: E402
 
 from ria_kernels.inference import InputPermutedLinear, to_sparse_inference  # noqa: E402
 from ria_kernels.models import get_adapter  # noqa: E402
@@ -256,10 +256,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    save_figure(fig, path, title)
 
 
 def main() -> int:

@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bench_ms, copy_bandwidth_gbps, print_table, write_rows  # noqa: E402
+from _common import bench_ms, copy_bandwidth_gbps, print_table, save_figure, write_rows  # noqa: E402
 
 from ria_kernels.ops.nm_mask import nm_topk_blocks, nm_topk_blocks_reference  # noqa: E402
 from ria_kernels.ops.prune_fused import fused_prune, fused_prune_reference  # noqa: E402
@@ -307,10 +307,7 @@ def plot(rows, path: Path, gpu: str):
     ax.set_ylabel("median ms")
     ax.set_title("RMSNorm, permuted output (fp16)")
     ax.legend(fontsize=8)
-    fig.suptitle(f"ria-kernels per-kernel benchmark on {gpu}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    save_figure(fig, path, f"ria-kernels per-kernel benchmark on {gpu}")
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bench_ms, print_table, write_rows  # noqa: E402
+from _common import bench_ms, print_table, save_figure, write_rows  # noqa: E402
 
 from ria_kernels import sparse_linear as sl  # noqa: E402
 from ria_kernels.ops import sparse_mm  # noqa: E402
@@ -200,10 +200,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.set_ylabel("speedup vs dense cuBLAS")
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
-    fig.suptitle(f"2:4 per-module speedup vs dense on {torch.cuda.get_device_name()} ({rows[0]['dtype']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    save_figure(fig, path, f"2:4 per-module speedup vs dense on {torch.cuda.get_device_name()} ({rows[0]['dtype']})")
 
 
 def main() -> int:

@@ -51,8 +51,7 @@ RUNS += [
     ("ria+cp-2:4", "2:4 + channel permutation", ["--method", "ria", "--sparsity-type", "2:4", "--permute"]),
 ]
 ROW_LABEL = {"magnitude": "magnitude", "wanda": "Wanda", "ri": "RI", "ria": "RIA", "sparsegpt": "SparseGPT",
-             "ria+rec": "RIA + reconstruction", "ria+atp": "RIA + ATP", "ria+owl": "RIA + OWL",
-             "wanda+cp": "Wanda", "ria+cp": "RIA"}
+             "ria+rec": "RIA + reconstruction", "ria+atp": "RIA + ATP", "ria+owl": "RIA + OWL"}
 
 
 def run_one(flags: list[str]) -> dict:
@@ -60,19 +59,19 @@ def run_one(flags: list[str]) -> dict:
     return run(build_parser().parse_args(flags + ["--quiet", "--device", "cpu", "--dtype", "float32"]))
 
 
+def _method(row_name: str) -> str:
+    """Table row of a run: ``ria+cp-2:4`` -> ``ria`` (channel permutation is a column)."""
+    return row_name.rsplit("-", 1)[0].removesuffix("+cp")
+
+
 def markdown(rows: list[dict], dense_ppl: float) -> str:
     cols = list(dict.fromkeys(r["column"] for r in rows))
-    methods = list(dict.fromkeys(r["name"].rsplit("-", 1)[0] for r in rows))
-    cell = {(r["name"].rsplit("-", 1)[0], r["column"]): r for r in rows}
-    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
-             "| dense | " + " | ".join(f"{dense_ppl:.2f}" for _ in cols) + " |"]
+    methods = list(dict.fromkeys(_method(r["name"]) for r in rows))
+    cell = {(_method(r["name"]), r["column"]): r for r in rows}
+    lines = [f"| method (dense: {dense_ppl:.2f}) | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for m in methods:
-        vals = []
-        for c in cols:
-            r = cell.get((m, c))
-            vals.append(f"{r['pruned_ppl']:.2f}" if r else "")
-        label = ROW_LABEL.get(m, m) + (" + CP" if m.endswith("+cp") else "")
-        lines.append(f"| {label} | " + " | ".join(vals) + " |")
+        vals = [f"{cell[m, c]['pruned_ppl']:.2f}" if (m, c) in cell else "" for c in cols]
+        lines.append(f"| {ROW_LABEL.get(m, m)} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
@@ -80,7 +79,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results", help="folder for quality_embedded.json")
     ap.add_argument("--only", help="comma-separated row names to run (default: all); see RUNS in this file")
+    ap.add_argument("--render", metavar="JSON", help="print the Markdown table of an earlier run's JSON and exit")
     args = ap.parse_args()
+    if args.render:
+        import json
+        data = json.loads(Path(args.render).read_text())
+        print(markdown(data["rows"], data["dense_ppl"]))
+        return 0
     runs = RUNS
     if args.only:
         wanted = {s.strip() for s in args.only.split(",")}
@@ -102,7 +107,7 @@ def main() -> int:
     env = environment()
     env["command"] = "python " + " ".join(sys.argv)
     table = markdown(rows, dense)
-    write_rows(args.out, "quality_embedded", rows, extra={"env": env, "dense_ppl": dense, "markdown": table,
+    write_rows(args.out, "quality_embedded", rows, extra={"env": env, "dense_ppl": dense,
                                                           "wall_s": time.perf_counter() - t0})
     print(table)
     return 0

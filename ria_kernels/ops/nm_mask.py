@@ -151,21 +151,24 @@ if triton is not None:
         return tl.sum(beats.to(tl.int32), axis=2)
 
     @triton.jit
-    def _nm_topk_kernel(score_ptr, mask_ptr, sum_ptr, R, G, stride_r,
-                        KEEP: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
-                        BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr, WRITE_SUM: tl.constexpr):
-        # A program owns BLOCK_R rows x BLOCK_G groups, flattened to BLOCK_N = BLOCK_R*BLOCK_G
-        # (row-major, so consecutive n are consecutive groups of one row: contiguous loads).
-        pid_r = tl.program_id(0)
-        pid_g = tl.program_id(1)
+    def group_tile(R, G, M: tl.constexpr, MP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
+        """Indices of this program's tile: BLOCK_R rows x BLOCK_G groups flattened to BLOCK_R*BLOCK_G
+        (row-major, so consecutive entries are consecutive groups of one row: contiguous loads),
+        MP lanes per group. Returns rows, groups, ok [n], valid [n, MP], col [n, MP], rows64 [n, 1]."""
         n = tl.arange(0, BLOCK_R * BLOCK_G)
-        rows = pid_r * BLOCK_R + n // BLOCK_G
-        groups = pid_g * BLOCK_G + n % BLOCK_G
+        rows = tl.program_id(0) * BLOCK_R + n // BLOCK_G
+        groups = tl.program_id(1) * BLOCK_G + n % BLOCK_G
         lane = tl.arange(0, MP)
         ok = (rows < R) & (groups < G)
         valid = ok[:, None] & (lane[None, :] < M)
         col = groups[:, None] * M + lane[None, :]
-        rows64 = rows.to(tl.int64)[:, None]
+        return rows, groups, ok, valid, col, rows.to(tl.int64)[:, None]
+
+    @triton.jit
+    def _nm_topk_kernel(score_ptr, mask_ptr, sum_ptr, R, G, stride_r,
+                        KEEP: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
+                        BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr, WRITE_SUM: tl.constexpr):
+        rows, groups, ok, valid, col, rows64 = group_tile(R, G, M, MP, BLOCK_R, BLOCK_G)
         s = tl.load(score_ptr + rows64 * stride_r + col, mask=valid, other=float("-inf")).to(tl.float32)
         keep = (group_rank(s, MP) < KEEP) & valid
         tl.store(mask_ptr + rows64 * (G * M) + col, keep.to(tl.int8), mask=valid)

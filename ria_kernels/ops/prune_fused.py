@@ -26,7 +26,7 @@ import torch
 from .._backend import resolve_backend
 from .._errors import RiaInputError
 from .._validation import check_divisible, parse_sparsity
-from .nm_mask import group_rank, nm_mask_reference, nm_tile, threshold_mask, unstructured_mask_reference
+from .nm_mask import group_rank, group_tile, nm_mask_reference, nm_tile, threshold_mask, unstructured_mask_reference
 from .ria_score import _check_inputs, _pruning_score_triton, pruning_score_reference, triton_factors
 
 try:
@@ -122,16 +122,7 @@ if triton is not None:
         operation order (|w| * (row_inv + col_inv) * col_scale, so scores are bit-equal),
         ranks each group with one broadcast compare and writes the pruned tile and the mask
         tile. The score matrix never reaches memory."""
-        pid_r = tl.program_id(0)
-        pid_g = tl.program_id(1)
-        nn = tl.arange(0, BLOCK_R * BLOCK_G)
-        rows = pid_r * BLOCK_R + nn // BLOCK_G
-        groups = pid_g * BLOCK_G + nn % BLOCK_G
-        lane = tl.arange(0, MP)
-        ok = (rows < R) & (groups < G)
-        valid = ok[:, None] & (lane[None, :] < M)
-        col = groups[:, None] * M + lane[None, :]
-        rows64 = rows.to(tl.int64)[:, None]
+        rows, _, ok, valid, col, rows64 = group_tile(R, G, M, MP, BLOCK_R, BLOCK_G)
         w = tl.load(w_ptr + rows64 * stride_r + col, mask=valid, other=0.0)
         s = tl.abs(w.to(tl.float32))
         if USE_RI:

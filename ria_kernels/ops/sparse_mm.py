@@ -128,9 +128,8 @@ def _register_fakes(namespace: str = "ria_kernels") -> None:
 
     def cutlass_compress_fake(weight):
         n, k = weight.shape
-        meta_size = torch.library.get_ctx().new_dynamic_size()
-        # metadata layout is the kernel's business; only its byte count is opaque here
-        return [weight.new_empty((n, k // 2)), weight.new_empty((meta_size,), dtype=torch.uint8)]
+        # csrc/cutlass_meta.cpp: values [N, K/2]; metadata [N, K/16] int16 (one 16-bit code per 16 inputs)
+        return [weight.new_empty((n, k // 2)), weight.new_empty((n, k // 16), dtype=torch.int16)]
 
     def cutlass_sparse_mm_fake(x, values, meta, bias=None, alpha=None):
         return _fake_mm_out(x, values.shape[0])

@@ -1,0 +1,273 @@
+"""CPU tests of the extension build plumbing (ria_kernels/_build.py, setup.py) and, opt-in
+(RIA_KERNELS_COMPILE_CHECK=1), compile checks of csrc/: scripts/check_csrc.sh (nvcc, needs the
+cuSPARSELt/CUTLASS headers) and a CPU build of the CUTLASS metadata packing compared against a
+loop transcription of cutlass::reorder_meta / cutlass::uncompress."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ria_kernels import _build
+
+ROOT = _build.ROOT
+COMPILE_CHECK = os.environ.get("RIA_KERNELS_COMPILE_CHECK", "0") == "1"
+CPU_TORCH = torch.version.cuda is None
+
+
+@pytest.fixture
+def no_deps(monkeypatch):
+    """No env overrides and no site folders: nothing can be found."""
+    monkeypatch.delenv("CUSPARSELT_DIR", raising=False)
+    monkeypatch.delenv("CUTLASS_DIR", raising=False)
+    monkeypatch.setattr(_build, "_site_dirs", lambda: [])
+
+
+def _touch(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+
+
+def test_finds_nothing_and_builds_without_deps(no_deps, monkeypatch):
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
+    assert _build.find_cusparselt() is None
+    assert _build.find_cutlass() is None
+    args = _build._build_args()
+    flags = " ".join(args["cxx"] + args["nvcc"])
+    assert "RIA_WITH_CUSPARSELT" not in flags and "RIA_WITH_CUTLASS" not in flags
+    assert args["ldflags"] == []
+    assert args["include_dirs"] == [_build.CSRC]
+
+
+def test_cusparselt_env_override(tmp_path, monkeypatch):
+    _touch(tmp_path / "include" / "cusparseLt.h")
+    _touch(tmp_path / "lib" / "libcusparseLt.so.0")
+    monkeypatch.setenv("CUSPARSELT_DIR", str(tmp_path))
+    found = _build.find_cusparselt()
+    assert found == _build.CuSparseLt(str(tmp_path / "include"), str(tmp_path / "lib"), "libcusparseLt.so.0")
+    # an unversioned name wins when present
+    _touch(tmp_path / "lib" / "libcusparseLt.so")
+    assert _build.find_cusparselt().lib_file == "libcusparseLt.so"
+
+
+def test_cusparselt_env_override_without_files_finds_nothing(tmp_path, monkeypatch):
+    _touch(tmp_path / "lib" / "libcusparseLt.so.0")  # library but no header
+    monkeypatch.setenv("CUSPARSELT_DIR", str(tmp_path))
+    assert _build.find_cusparselt() is None
+
+
+def test_cusparselt_from_wheel_layouts(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUSPARSELT_DIR", raising=False)
+    monkeypatch.setattr(_build, "_site_dirs", lambda: [str(tmp_path)])
+    # the cu13 wheel's layout: nvidia/cu13/{include,lib}
+    _touch(tmp_path / "nvidia" / "cu13" / "include" / "cusparseLt.h")
+    _touch(tmp_path / "nvidia" / "cu13" / "lib" / "libcusparseLt.so.0")
+    assert _build.find_cusparselt().include_dir == str(tmp_path / "nvidia" / "cu13" / "include")
+    # the cu12 wheel's layout nvidia/cusparselt/{include,lib} is looked at first
+    _touch(tmp_path / "nvidia" / "cusparselt" / "include" / "cusparseLt.h")
+    _touch(tmp_path / "nvidia" / "cusparselt" / "lib" / "libcusparseLt.so.0")
+    assert _build.find_cusparselt().lib_dir == str(tmp_path / "nvidia" / "cusparselt" / "lib")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_cutlass_env_override(tmp_path, monkeypatch, nested):
+    inc = tmp_path / "include" if nested else tmp_path
+    _touch(inc / "cutlass" / "cutlass.h")
+    monkeypatch.setenv("CUTLASS_DIR", str(tmp_path))
+    assert _build.find_cutlass() == str(inc)
+
+
+def test_cutlass_from_wheel_layout(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUTLASS_DIR", raising=False)
+    monkeypatch.setattr(_build, "_site_dirs", lambda: [str(tmp_path)])
+    inc = tmp_path / "cutlass_library" / "source" / "include"
+    _touch(inc / "cutlass" / "cutlass.h")
+    assert _build.find_cutlass() == str(inc)
+
+
+def test_build_args_with_deps(tmp_path, monkeypatch):
+    _touch(tmp_path / "cslt" / "include" / "cusparseLt.h")
+    _touch(tmp_path / "cslt" / "lib" / "libcusparseLt.so.0")
+    _touch(tmp_path / "cutlass" / "include" / "cutlass" / "cutlass.h")
+    monkeypatch.setenv("CUSPARSELT_DIR", str(tmp_path / "cslt"))
+    monkeypatch.setenv("CUTLASS_DIR", str(tmp_path / "cutlass"))
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    args = _build._build_args()
+    for flags in (args["cxx"], args["nvcc"]):
+        assert "-DRIA_WITH_CUSPARSELT" in flags and "-DRIA_WITH_CUTLASS" in flags
+    assert "-gencode=arch=compute_80,code=sm_80" in args["nvcc"]
+    assert "-gencode=arch=compute_90,code=sm_90" in args["nvcc"]
+    lib = str(tmp_path / "cslt" / "lib")
+    assert args["ldflags"] == [f"-L{lib}", "-l:libcusparseLt.so.0", f"-Wl,-rpath,{lib}"]
+    assert str(tmp_path / "cutlass" / "include") in args["include_dirs"]
+
+
+def test_arch_list_and_gencode(monkeypatch):
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0 9.0a+PTX")
+    assert _build.cuda_arch_list() == ["8.0", "9.0a+PTX"]
+    assert _build.gencode_flags() == [
+        "-gencode=arch=compute_80,code=sm_80",
+        "-gencode=arch=compute_90a,code=sm_90a",
+        "-gencode=arch=compute_90a,code=compute_90a",
+    ]
+    with pytest.raises(ValueError, match="compute capability >= 8.0"):
+        _build.gencode_flags(["7.5"])
+    with pytest.raises(ValueError, match="not like"):
+        _build.gencode_flags(["sm80"])
+
+
+def test_sources_are_the_csrc_translation_units():
+    rel = _build.sources(relative=True)
+    assert rel and all(not os.path.isabs(p) and p.startswith("csrc" + os.sep) for p in rel)
+    names = {os.path.basename(p) for p in rel}
+    assert {"cslt_matmul.cpp", "ops_registration.cpp", "cutlass_sparse_sm80.cu", "cutlass_meta.cpp"} <= names
+    assert [os.path.join(ROOT, p) for p in rel] == _build.sources()
+
+
+@pytest.mark.skipif(not CPU_TORCH, reason="checks the CPU-torch path")
+def test_load_extension_on_cpu_torch_never_raises():
+    assert _build.load_extension() is None
+    assert _build.load_extension(jit=True) is None  # a CPU torch never tries to compile
+    status = _build.extension_status()
+    assert status.startswith("unavailable: ") and "CPU build" in status
+    assert _build.cusparselt_version() is None
+
+
+def _run_setup(env_value: str | None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("RIA_KERNELS_BUILD_EXT", None)
+    if env_value is not None:
+        env["RIA_KERNELS_BUILD_EXT"] = env_value
+    return subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.skipif(not CPU_TORCH, reason="checks the CPU-torch skip path of setup.py")
+def test_setup_skips_extension_on_cpu_torch():
+    proc = _run_setup(None)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "ria-kernels"
+    skip = [line for line in proc.stderr.splitlines() if line.startswith("ria-kernels:")]
+    assert skip == ["ria-kernels: skipping the CUDA extension: torch is a CPU build"]
+
+
+@pytest.mark.skipif(not CPU_TORCH, reason="checks the CPU-torch path of setup.py")
+def test_setup_force_fails_clearly_on_cpu_torch():
+    proc = _run_setup("1")
+    assert proc.returncode != 0
+    assert "RIA_KERNELS_BUILD_EXT=1 but the CUDA extension cannot be built: torch is a CPU build" in proc.stderr
+
+
+# ---- opt-in compile checks -------------------------------------------------------------------
+
+@pytest.mark.skipif(not COMPILE_CHECK, reason="set RIA_KERNELS_COMPILE_CHECK=1 (needs nvcc and the cuSPARSELt/"
+                    "CUTLASS headers, e.g. the wheels in .whl/; takes minutes)")
+def test_check_csrc_script_compiles_everything():
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "check_csrc.sh")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    assert "FAIL" not in proc.stdout
+    assert "compiles passed" in proc.stdout
+
+
+def _reference_pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loop transcription of the CUTLASS sm80 16-bit metadata format: the 2 kept indices per group of
+    4 (non-zeros first, then the lowest free index, ascending), 4-bit codes packed 4 per uint16
+    (host_uncompress.h reads group g at bits 4g), then cutlass::reorder_meta (host_reorder.h) into
+    ColumnMajorInterleaved<2> memory."""
+    n, k = w.shape
+    kc = k // 16
+    values = torch.zeros(n, k // 2, dtype=w.dtype)
+    e = [[0] * kc for _ in range(n)]
+    for r in range(n):
+        for g in range(k // 4):
+            grp = w[r, 4 * g:4 * g + 4]
+            nzs = [i for i in range(4) if grp[i] != 0]
+            keep = sorted((nzs + [i for i in range(4) if i not in nzs])[:2])
+            values[r, 2 * g], values[r, 2 * g + 1] = grp[keep[0]], grp[keep[1]]
+            e[r][g // 4] |= (keep[0] | (keep[1] << 2)) << (4 * (g % 4))
+    dest = [None] * (n * kc)
+    for m in range(n):
+        for kk in range(kc):
+            row, col = m // 32 * 32 + (m % 8) * 4 + (m % 32) // 8, kk
+            if row % 2 == 0 and col % 2 == 1:
+                row, col = row + 1, col - 1
+            elif row % 2 == 1 and col % 2 == 0:
+                row, col = row - 1, col + 1
+            dest[(col // 2) * (2 * n) + row * 2 + col % 2] = e[m][kk]
+    assert None not in dest  # the reorder is a permutation
+    meta = torch.tensor([v - 65536 if v >= 32768 else v for v in dest], dtype=torch.int16).view(n, kc)
+    return values, meta
+
+
+def _reference_unpack(values: torch.Tensor, e_logical: list[list[int]], k: int) -> torch.Tensor:
+    n = values.shape[0]
+    out = torch.zeros(n, k, dtype=values.dtype)
+    for r in range(n):
+        for g in range(k // 4):
+            code = (e_logical[r][g // 4] >> (4 * (g % 4))) & 0xF
+            out[r, 4 * g + (code & 3)] = values[r, 2 * g]
+            out[r, 4 * g + (code >> 2)] = values[r, 2 * g + 1]
+    return out
+
+
+@pytest.fixture(scope="module")
+def meta_ops():
+    if not COMPILE_CHECK:
+        pytest.skip("set RIA_KERNELS_COMPILE_CHECK=1 to build the CPU metadata-packing test library (g++, ~1 min)")
+    from torch.utils.cpp_extension import load
+
+    build_dir = os.path.join(ROOT, "build", "meta_cpu_test")
+    os.makedirs(build_dir, exist_ok=True)
+    binding = os.path.join(build_dir, "binding.cpp")
+    with open(binding, "w") as f:
+        f.write('#include <torch/library.h>\n#include "cutlass_meta.h"\n'
+                'TORCH_LIBRARY(ria_kernels_meta_test, m) {\n'
+                '  m.def("pack_2to4_sm80(Tensor weight) -> Tensor[]", &ria::cutlass_sp::pack_2to4_sm80);\n}\n')
+    load(name="ria_kernels_meta_test", sources=[os.path.join(_build.CSRC, "cutlass_meta.cpp"), binding],
+         extra_include_paths=[_build.CSRC], build_directory=build_dir, is_python_module=False, verbose=False)
+    return torch.ops.ria_kernels_meta_test
+
+
+def _random_2to4(n: int, k: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    w = torch.randn(n, k, generator=gen).to(dtype)
+    keep = torch.rand(n, k // 4, 4, generator=gen).argsort(-1)[..., :2]
+    mask = torch.zeros(n, k // 4, 4, dtype=torch.bool).scatter_(-1, keep, True).view(n, k)
+    w = w * mask
+    w[0, :4] = 0  # a group with no non-zero
+    w[1, 4:8] = torch.tensor([0, 0, 0, 1.5]).to(dtype)  # a group with one non-zero at the end
+    return w
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,k", [(32, 32), (64, 96)])
+def test_cutlass_meta_packing_matches_reference(meta_ops, dtype, n, k):
+    gen = torch.Generator().manual_seed(n * 1000 + k)
+    w = _random_2to4(n, k, dtype, gen)
+    values, meta = meta_ops.pack_2to4_sm80(w)
+    ref_values, ref_meta = _reference_pack(w)
+    assert values.dtype == dtype and values.shape == (n, k // 2)
+    assert meta.dtype == torch.int16 and meta.shape == (n, k // 16)
+    torch.testing.assert_close(values, ref_values, rtol=0, atol=0)
+    assert torch.equal(meta, ref_meta)
+    # values + (un-reordered) codes reconstruct W exactly
+    e_logical = [[0] * (k // 16) for _ in range(n)]
+    for r in range(n):
+        for g in range(k // 4):
+            grp = w[r, 4 * g:4 * g + 4]
+            nzs = [i for i in range(4) if grp[i] != 0]
+            keep = sorted((nzs + [i for i in range(4) if i not in nzs])[:2])
+            e_logical[r][g // 4] |= (keep[0] | (keep[1] << 2)) << (4 * (g % 4))
+    assert torch.equal(_reference_unpack(values, e_logical, k), w)
+
+
+def test_cutlass_meta_packing_rejects_bad_input(meta_ops):
+    w = torch.zeros(32, 32, dtype=torch.float16)
+    w[3, 8:11] = 1.0  # 3 non-zeros in one group
+    with pytest.raises(RuntimeError, match="not 2:4 sparse"):
+        meta_ops.pack_2to4_sm80(w)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        meta_ops.pack_2to4_sm80(torch.zeros(48, 32, dtype=torch.float16))
