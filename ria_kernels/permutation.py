@@ -7,8 +7,9 @@ score than on ``score``:
    dealt into the ``c / M`` blocks in alternating (snake) direction;
 2. linear sum assignment, one round per position ``p`` within a block: the
    channel at position ``p`` of every block is taken out and the channels are
-   re-assigned to blocks to maximise the retained score (scipy's Hungarian
-   solver), the other ``M - 1`` channels of each block held fixed.
+   re-assigned to blocks to maximise the retained score (``ria_kernels.lsa``:
+   scipy's exact solver on the CPU, or the GPU auction solver), the other ``M - 1``
+   channels of each block held fixed.
    ``blocks > 1`` is the fast variant: the blocks are split into that many
    communities and each is solved on its own (App. G.2).
 
@@ -29,6 +30,7 @@ import torch
 from ._backend import resolve_backend
 from ._errors import RiaInputError
 from ._validation import check_divisible, check_matrix, check_nm
+from .lsa import linear_sum_assignment, resolve_solver
 from .ops.nm_mask import nm_topk_blocks
 
 
@@ -37,6 +39,7 @@ class PermutationResult:
     perm: torch.Tensor                      # LongTensor [c]: N:M holds on score[:, perm]
     retained: dict[str, float] = field(default_factory=dict)  # identity / allocation / lsa
     time_s: float = 0.0
+    solver: str | None = None               # LSA solver used ("scipy" / "auction"); None without LSA
 
 
 def retained_score(score: torch.Tensor, n: int, m: int, perm: torch.Tensor | None = None) -> float:
@@ -114,9 +117,8 @@ def _lsa_gain_triton(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _lsa_round(score: torch.Tensor, perm: torch.Tensor, n: int, m: int, p: int, communities: int,
-               backend: str | None) -> torch.Tensor:
+               backend: str | None, solver: str) -> torch.Tensor:
     """One LSA round at block position ``p``: returns the new permutation."""
-    from scipy.optimize import linear_sum_assignment
     r, c = score.shape
     g = c // m
     keep = m - n
@@ -132,21 +134,23 @@ def _lsa_round(score: torch.Tensor, perm: torch.Tensor, n: int, m: int, p: int, 
     for c0 in range(0, g, size):
         sl = slice(c0, min(c0 + size, g))
         gain = lsa_gain(x[:, sl].contiguous(), t[:, sl].contiguous(), backend=backend)
-        rows, cols = linear_sum_assignment(gain.cpu().numpy(), maximize=True)
+        rows, cols = linear_sum_assignment(gain, solver=solver)
         # candidate rows[i] goes to block cols[i]
-        idx = torch.as_tensor(cols, device=cand.device) + c0
-        new_cand[idx] = cand[sl][torch.as_tensor(rows, device=cand.device)]
+        new_cand[cols.to(cand.device) + c0] = cand[sl][rows.to(cand.device)]
     new_grid = grid.clone()
     new_grid[:, p] = new_cand
     return new_grid.reshape(-1)
 
 
 def channel_permutation(score: torch.Tensor, n: int, m: int, *, lsa: bool = True, blocks: int = 1,
-                        max_rounds: int | None = None, backend: str | None = None) -> PermutationResult:
+                        max_rounds: int | None = None, backend: str | None = None,
+                        solver: str | None = None) -> PermutationResult:
     """Input-channel permutation that raises the score N:M selection retains.
 
     ``score [rows, c]`` (rows of all linears sharing the input, concatenated);
     ``n`` of every ``m`` pruned. The result never retains less than the identity.
+    ``solver``: LSA solver (``"scipy"``, ``"auction"``, ``"auto"``/None: auction on CUDA,
+    scipy on CPU; env ``RIA_KERNELS_LSA_SOLVER``), see ``ria_kernels.lsa``.
     """
     check_nm(n, m)
     check_matrix(score, "score")
@@ -155,6 +159,7 @@ def channel_permutation(score: torch.Tensor, n: int, m: int, *, lsa: bool = True
         raise RiaInputError(f"blocks must be an integer >= 1, got {blocks!r}")
     t0 = time.perf_counter()
     s = score.detach().float().contiguous()
+    solver_used = resolve_solver(s, solver)  # validates the name even when lsa=False
     identity = torch.arange(s.shape[1], device=s.device)
     result = PermutationResult(perm=identity)
     best = result.retained["identity"] = retained_score(s, n, m)
@@ -166,11 +171,12 @@ def channel_permutation(score: torch.Tensor, n: int, m: int, *, lsa: bool = True
     if lsa:
         rounds = m if max_rounds is None else min(m, max_rounds)
         for p in range(rounds):
-            cand = _lsa_round(s, perm, n, m, p, min(blocks, s.shape[1] // m), backend)
+            cand = _lsa_round(s, perm, n, m, p, min(blocks, s.shape[1] // m), backend, solver_used)
             val = retained_score(s, n, m, cand)
             if val > best:  # never accept a decrease (rounding in the solver)
                 perm, best = cand, val
         result.retained["lsa"] = best
+        result.solver = solver_used
     result.perm = perm
     result.time_s = time.perf_counter() - t0
     return result

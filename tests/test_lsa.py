@@ -1,0 +1,159 @@
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+from ria_kernels import RiaInputError
+from ria_kernels.lsa import auction, linear_sum_assignment, resolve_solver
+
+SIZES = [1, 2, 7, 64, 257]
+
+
+def _optimum(a: torch.Tensor) -> float:
+    r, c = scipy_lsa(a.double().numpy(), maximize=True)
+    return float(a.double().numpy()[r, c].sum())
+
+
+def _total(a: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> float:
+    return float(a.double()[rows, cols].sum())
+
+
+def _check_assignment(rows, cols, r, c):
+    k = min(r, c)
+    assert rows.dtype == cols.dtype == torch.long
+    assert rows.shape == cols.shape == (k,)
+    assert torch.equal(rows, torch.sort(rows).values)          # rows ascending, like scipy
+    assert len(set(rows.tolist())) == k and len(set(cols.tolist())) == k
+    assert 0 <= int(rows.min()) and int(rows.max()) < r and 0 <= int(cols.min()) and int(cols.max()) < c
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_auction_float_within_bound(n):
+    a = torch.rand(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1000 + n)) * 10
+    res = auction(a)
+    assert torch.equal(torch.sort(res.cols).values, torch.arange(n))
+    opt = _optimum(a)
+    got = _total(a, torch.arange(n), res.cols)
+    # documented bound: n * eps_final, eps_final = 1e-6 * (max - min) / n
+    expected_bound = 1e-6 * float(a.max() - a.min()) if n > 1 else 0.0  # n == 1: nothing to choose
+    assert res.bound == pytest.approx(expected_bound)
+    assert opt - res.bound - 1e-9 * abs(opt) <= got <= opt + 1e-9 * abs(opt)
+    rows, cols = linear_sum_assignment(a, solver="auction")
+    _check_assignment(rows, cols, n, n)
+    assert _total(a, rows, cols) >= opt - res.bound - 1e-9 * abs(opt)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_auction_integer_is_exact(n):
+    a = torch.randint(-50, 50, (n, n), generator=torch.Generator().manual_seed(2000 + n)).double()
+    rows, cols = linear_sum_assignment(a, solver="auction")
+    _check_assignment(rows, cols, n, n)
+    assert _total(a, rows, cols) == _optimum(a)  # integer sums are exact in float64
+
+
+def test_integer_dtype_and_many_ties():
+    # values in {0, 1, 2}: lots of equal optima; the total must still be the optimum
+    a = torch.randint(0, 3, (40, 40), generator=torch.Generator().manual_seed(3))
+    rows, cols = linear_sum_assignment(a, solver="auction")
+    _check_assignment(rows, cols, 40, 40)
+    assert _total(a, rows, cols) == _optimum(a)
+    # deterministic tie-breaking: same input, same answer
+    assert torch.equal(cols, linear_sum_assignment(a, solver="auction")[1])
+
+
+@pytest.mark.parametrize("value", [0.0, -3.5, 7.0])
+def test_constant_matrix(value):
+    a = torch.full((9, 9), value, dtype=torch.float64)
+    rows, cols = linear_sum_assignment(a, solver="auction")
+    _check_assignment(rows, cols, 9, 9)
+    assert _total(a, rows, cols) == pytest.approx(9 * value)
+
+
+def test_negative_gains():
+    a = -torch.rand(33, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 1e3 - 1e3
+    res = auction(a)
+    got = _total(a, torch.arange(33), res.cols)
+    opt = _optimum(a)
+    assert opt - res.bound - 1e-9 * abs(opt) <= got <= opt + 1e-9 * abs(opt)
+
+
+def test_sync_free_path_matches():
+    """check_every > 1 is the CUDA code path (device-side compaction, stale bidders)."""
+    a = torch.randint(0, 20, (50, 50), generator=torch.Generator().manual_seed(6)).double()
+    res = auction(a, check_every=8)
+    assert torch.equal(torch.sort(res.cols).values, torch.arange(50))
+    assert _total(a, torch.arange(50), res.cols) == _optimum(a)
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (1, 4), (4, 1)])
+def test_rectangular(shape):
+    a = torch.randint(0, 30, shape, generator=torch.Generator().manual_seed(sum(shape))).float()
+    for solver in ("auction", "scipy"):
+        rows, cols = linear_sum_assignment(a, solver=solver)
+        _check_assignment(rows, cols, *shape)
+        assert _total(a, rows, cols) == _optimum(a)
+
+
+def test_scipy_solver_exact_and_device_kept():
+    a = torch.rand(17, 17, generator=torch.Generator().manual_seed(7))
+    rows, cols = linear_sum_assignment(a, solver="scipy")
+    assert rows.device == a.device and cols.device == a.device
+    assert _total(a, rows, cols) == pytest.approx(_optimum(a), rel=1e-12)
+
+
+def test_empty():
+    rows, cols = linear_sum_assignment(torch.empty(0, 0), solver="auction")
+    assert rows.numel() == 0 and cols.numel() == 0
+
+
+def test_eps_override_is_used():
+    a = torch.rand(20, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    res = auction(a, eps=1e-3)
+    assert res.eps_final == 1e-3 and res.bound == pytest.approx(20 * 1e-3)
+    assert _total(a, torch.arange(20), res.cols) >= _optimum(a) - res.bound
+
+
+def test_bad_inputs():
+    with pytest.raises(RiaInputError, match="2-D"):
+        linear_sum_assignment(torch.rand(4))
+    with pytest.raises(RiaInputError, match="2-D"):
+        linear_sum_assignment(torch.rand(2, 2, 2))
+    with pytest.raises(RiaInputError, match="finite"):
+        linear_sum_assignment(torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), solver="auction")
+    with pytest.raises(RiaInputError, match="finite"):
+        linear_sum_assignment(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), solver="scipy")
+    with pytest.raises(RiaInputError, match="solver"):
+        linear_sum_assignment(torch.rand(3, 3), solver="hungarian")
+    with pytest.raises(RiaInputError, match="eps"):
+        linear_sum_assignment(torch.rand(3, 3), solver="auction", eps=0.0)
+    with pytest.raises(RiaInputError, match="eps"):
+        linear_sum_assignment(torch.rand(3, 3), solver="auction", eps=float("nan"))
+    with pytest.raises(RiaInputError, match="dtype"):
+        linear_sum_assignment(torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(RiaInputError, match="torch.Tensor"):
+        linear_sum_assignment([[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(RiaInputError, match="square"):
+        auction(torch.rand(3, 4))
+    with pytest.raises(RiaInputError, match="check_every"):
+        auction(torch.rand(3, 3), check_every=0)
+
+
+def test_dispatch_and_env_override(monkeypatch):
+    a = torch.rand(6, 6)
+    monkeypatch.delenv("RIA_KERNELS_LSA_SOLVER", raising=False)
+    assert resolve_solver(a) == "scipy"            # auto on a CPU tensor
+    assert resolve_solver(a, "auto") == "scipy"
+    assert resolve_solver(a, "AUCTION") == "auction"
+    monkeypatch.setenv("RIA_KERNELS_LSA_SOLVER", "auction")
+    assert resolve_solver(a) == "auction"
+    assert resolve_solver(a, "scipy") == "scipy"   # an explicit argument beats the env
+    monkeypatch.setenv("RIA_KERNELS_LSA_SOLVER", "bogus")
+    with pytest.raises(RiaInputError, match="RIA_KERNELS_LSA_SOLVER"):
+        linear_sum_assignment(a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auction_on_cuda_matches_scipy():
+    a = torch.randint(0, 1000, (300, 300), generator=torch.Generator().manual_seed(9)).double()
+    rows, cols = linear_sum_assignment(a.cuda(), solver="auction")
+    assert rows.is_cuda and cols.is_cuda
+    assert _total(a, rows.cpu(), cols.cpu()) == _optimum(a)
