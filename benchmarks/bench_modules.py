@@ -89,7 +89,8 @@ def shape_runners(w: torch.Tensor) -> tuple[dict, dict]:
         skipped["cusparselt"] = reasons["cusparselt"]
     if reasons["cutlass"] is None:
         values, meta = sparse_mm.cutlass_compress(w)
-        runners["cutlass"] = lambda x, t: torch.ops.ria_kernels.cutlass_sparse_mm(x, values, meta, None, None)
+        op = sparse_mm.cutlass_mm_op(meta)  # the sm90 kernel on Hopper when built, else sm80
+        runners["cutlass"] = lambda x, t: op(x, values, meta, None, None)
     else:
         skipped["cutlass"] = reasons["cutlass"]
     for name, impl in (("torch_cslt", "cusparselt"), ("torch_cutlass", "cutlass")):

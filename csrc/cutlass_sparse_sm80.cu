@@ -34,13 +34,6 @@
 
 #include <c10/cuda/CUDACachingAllocator.h>
 
-#define RIA_CUTLASS_CHECK(expr)                                                                   \
-  do {                                                                                            \
-    cutlass::Status ria_cs_ = (expr);                                                             \
-    TORCH_CHECK(ria_cs_ == cutlass::Status::kSuccess, "ria_kernels: CUTLASS call ", #expr,         \
-                " failed: ", cutlassGetStatusString(ria_cs_));                                    \
-  } while (0)
-
 namespace ria {
 namespace cutlass_sp {
 namespace {

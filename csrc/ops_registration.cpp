@@ -9,6 +9,9 @@
 //                  when split_k > 1
 //   cslt_mm(alg_id=-1) uses the in-memory searched config for the shape key, searching on first use.
 //   cslt_cache_stats returns [plan_hits, plan_misses, searches] since load / the last cslt_clear_cache.
+//   cutlass_* is the CUTLASS 2.x sm80 SparseGemm (any sm80+ GPU); cutlass90_* the CUTLASS 3.x sm90 sparse
+//   collective (sm_90a builds, compute capability 9.0 only). Their values/meta formats differ and are not
+//   interchangeable: cutlass90_compress -> [values [N, K/2], meta uint8 [round_up(N,64), round_up(K,128)/8]].
 // Fake (meta) implementations are registered from Python (ria_kernels/ops/sparse_mm.py).
 #include <Python.h>
 #include <torch/library.h>
@@ -30,6 +33,9 @@ TORCH_LIBRARY_FRAGMENT(ria_kernels, m) {
   m.def("cutlass_available() -> bool", &ria::cutlass_sp::available);
   m.def("cutlass_compress(Tensor weight) -> Tensor[]");
   m.def("cutlass_sparse_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor? alpha) -> Tensor");
+  m.def("cutlass90_available() -> bool", &ria::cutlass90::available);
+  m.def("cutlass90_compress(Tensor weight) -> Tensor[]");
+  m.def("cutlass90_sparse_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor? alpha) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ria_kernels, CUDA, m) {
@@ -38,6 +44,8 @@ TORCH_LIBRARY_IMPL(ria_kernels, CUDA, m) {
   m.impl("cslt_mm", &ria::cslt::mm);
   m.impl("cutlass_compress", &ria::cutlass_sp::compress);
   m.impl("cutlass_sparse_mm", &ria::cutlass_sp::sparse_mm);
+  m.impl("cutlass90_compress", &ria::cutlass90::compress);
+  m.impl("cutlass90_sparse_mm", &ria::cutlass90::sparse_mm);
 }
 
 // Module init named after TORCH_EXTENSION_NAME (``_C`` from setup.py, another name from the JIT path).

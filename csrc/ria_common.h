@@ -29,6 +29,15 @@
 namespace ria {
 
 // Checks shared by the sparse matmul launchers: x [T, K] row-major fp16/bf16 on CUDA.
+// For files that include CUTLASS: check a cutlass::Status (the macro expands where CUTLASS is
+// included; this header itself does not depend on CUTLASS).
+#define RIA_CUTLASS_CHECK(expr)                                                                   \
+  do {                                                                                            \
+    cutlass::Status ria_cs_ = (expr);                                                             \
+    TORCH_CHECK(ria_cs_ == cutlass::Status::kSuccess, "ria_kernels: CUTLASS call ", #expr,         \
+                " failed: ", cutlassGetStatusString(ria_cs_));                                    \
+  } while (0)
+
 inline void check_activation(const at::Tensor& x, const char* name = "x") {
   TORCH_CHECK(x.is_cuda(), name, " must be a CUDA tensor, got device ", x.device());
   TORCH_CHECK(x.dim() == 2, name, " must be 2-D [tokens, in_features], got ", x.dim(), "-D");

@@ -28,4 +28,12 @@ std::vector<at::Tensor> compress(const at::Tensor& weight);
 at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha);
 }  // namespace cutlass_sp
+
+// CUTLASS 3.x sm90 (sm_90a, Hopper-only) sparse GEMM; packing and limits in cutlass_sparse_sm90.cu.
+namespace cutlass90 {
+bool available();  // built with the sm_90a kernel (the device must still be compute capability 9.0)
+std::vector<at::Tensor> compress(const at::Tensor& weight);
+at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha);
+}  // namespace cutlass90
 }  // namespace ria

@@ -14,7 +14,12 @@ holding ``cutlass/cutlass.h`` or ``include/cutlass/cutlass.h``) or the installed
 extension then builds without it and its ``*_available()`` op says False.
 
 GPU architectures: ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"8.0;9.0"``; a trailing ``+PTX`` adds
-PTX), else the visible GPUs. ``MAX_JOBS`` is honoured by torch's ninja build (both paths).
+PTX), else the visible GPUs. ``9.0`` is compiled as ``sm_90a`` (the CUTLASS sm90 sparse kernel in
+``csrc/cutlass_sparse_sm90.cu`` needs the arch-specific wgmma.sp; an sm_90a cubin runs on the same
+devices as an sm_90 one), and any sm_90a target adds ``-DRIA_WITH_SM90A`` so that kernel is
+instantiated; without one it compiles to a stub (``cutlass90_available()`` is False). torch's
+``CUDAExtension`` applies one set of nvcc flags to every ``.cu`` file, so the gencode list is shared.
+``MAX_JOBS`` is honoured by torch's ninja build (both paths).
 
 At run time :func:`load_extension` and :func:`extension_status` never raise: on a machine
 without the extension they return ``None`` and a sentence saying why.
@@ -126,7 +131,11 @@ def cuda_arch_list() -> list[str]:
 
 
 def gencode_flags(archs: list[str] | None = None) -> list[str]:
-    """nvcc ``-gencode`` flags. Sparse tensor cores (mma.sp) need sm_80 or newer."""
+    """nvcc ``-gencode`` flags. Sparse tensor cores (mma.sp) need sm_80 or newer.
+
+    ``9.0`` becomes an ``sm_90a`` cubin (the sm90 sparse collective's wgmma.sp is arch-specific);
+    ``9.0+PTX`` adds portable ``compute_90`` PTX (``compute_90a`` PTX would only run on 9.0 devices),
+    while ``9.0a+PTX`` keeps ``compute_90a`` PTX as asked."""
     flags: list[str] = []
     for entry in archs if archs is not None else cuda_arch_list():
         ptx = entry.endswith("+PTX")
@@ -138,10 +147,16 @@ def gencode_flags(archs: list[str] | None = None) -> list[str]:
         if int(digits) < 80:
             raise ValueError(f"TORCH_CUDA_ARCH_LIST entry {entry!r}: 2:4 sparse tensor cores need compute "
                              "capability >= 8.0")
-        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        cubin = "90a" if num == "90" else num
+        flags.append(f"-gencode=arch=compute_{cubin},code=sm_{cubin}")
         if ptx:
             flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
     return flags
+
+
+def targets_sm90a(flags: list[str]) -> bool:
+    """Whether the gencode ``flags`` build an sm_90a cubin (then the sm90 CUTLASS kernel is compiled)."""
+    return any(f.endswith("code=sm_90a") for f in flags)
 
 
 def sources(relative: bool = False) -> list[str]:
@@ -165,10 +180,13 @@ def _build_args() -> dict:
     if cutlass is not None:
         defines.append("-DRIA_WITH_CUTLASS")
         include_dirs.append(cutlass)
+    gencode = gencode_flags()
+    # Device-side only: the sm90 kernel's host code is instantiated when some pass targets sm_90a.
+    sm90a = ["-DRIA_WITH_SM90A"] if targets_sm90a(gencode) else []
     return {
         "include_dirs": include_dirs,
         "cxx": ["-O3", *defines],
-        "nvcc": ["-O3", *defines, "--expt-relaxed-constexpr", "-lineinfo", *gencode_flags()],
+        "nvcc": ["-O3", *defines, *sm90a, "--expt-relaxed-constexpr", "-lineinfo", *gencode],
         "ldflags": ldflags,
     }
 
@@ -269,6 +287,8 @@ def extension_status() -> str:
         ops = torch.ops.ria_kernels
         cslt = f"cuSPARSELt {ops.cslt_version()}" if ops.cslt_available() else "no cuSPARSELt"
         cutlass = "CUTLASS sm80 kernel" if ops.cutlass_available() else "no CUTLASS kernel"
+        if hasattr(ops, "cutlass90_available") and ops.cutlass90_available():
+            cutlass += ", CUTLASS sm90 kernel"
         return f"loaded: {getattr(mod, '__file__', mod)} ({cslt}, {cutlass})"
     except Exception as exc:
         return f"loaded but its ops are not callable: {exc}"

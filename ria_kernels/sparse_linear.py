@@ -52,9 +52,11 @@ ENV_AUTOTUNE = "RIA_KERNELS_SPARSE_AUTOTUNE"
 # a sparse backend must beat dense by this fraction of dense's time to be chosen: timing
 # noise must not flip a bucket to a kernel that is in fact as slow or slower
 SPARSE_MARGIN = 0.03
-# (out_features, in_features) multiples each extension backend accepts for fp16/bf16
-# (torch's own path: its SparseSemiStructuredTensor*._DTYPE_SHAPE_CONSTRAINTS)
-SHAPE_MULTIPLES = {"cusparselt": (16, 16), "cutlass": (32, 64)}
+# (out_features, in_features) multiples each extension backend accepts for fp16/bf16; for
+# cutlass the sm80 kernel's, the loosest-to-state bound when the GPU's kernel is not known yet
+# (sparse_mm.CUTLASS_SHAPE_MULTIPLES per kernel; torch's own path: its
+# SparseSemiStructuredTensor*._DTYPE_SHAPE_CONSTRAINTS)
+SHAPE_MULTIPLES = {"cusparselt": (16, 16), "cutlass": sparse_mm.CUTLASS_SHAPE_MULTIPLES["sm80"]}
 # cuSPARSELt config used when none was searched for a bucket and searching is not possible
 # (tracing / capture): algorithm 0, no split-K -- never triggers a search
 DEFAULT_CSLT_CONFIG = (0, 1, 0)
@@ -160,8 +162,14 @@ def backend_unavailable_reasons(device: torch.device, dtype: torch.dtype, out_fe
                 out[b] = None
             continue
         mn, mk = SHAPE_MULTIPLES[b]
+        kernel = b
+        if b == "cutlass" and sparse_mm.load_ops():  # the kernel (and its limits) depends on the GPU
+            arch = sparse_mm.cutlass_arch(device)
+            if arch is not None:
+                mn, mk = sparse_mm.CUTLASS_SHAPE_MULTIPLES[arch]
+                kernel = f"cutlass ({arch} kernel)"
         if out_features % mn or in_features % mk:
-            out[b] = (f"{b} needs out_features % {mn} == 0 and in_features % {mk} == 0, "
+            out[b] = (f"{kernel} needs out_features % {mn} == 0 and in_features % {mk} == 0, "
                       f"got [{out_features}, {in_features}]")
         elif not sparse_mm.load_ops():
             out[b] = f"the ria_kernels CUDA extension is not available: {sparse_mm.extension_status()}"
@@ -571,7 +579,7 @@ class SparseLinear(nn.Module):
                                                  alg, split_k, mode)
         if backend == "cutlass":
             values, meta = self._cutlass
-            return torch.ops.ria_kernels.cutlass_sparse_mm(x2, values, meta, self.bias, None)
+            return sparse_mm.cutlass_mm_op(meta)(x2, values, meta, self.bias, None)
         return F.linear(x2, self._torch_sparse, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,9 @@
 # Headers: CUSPARSELT_DIR / CUTLASS_DIR if set, else the installed wheels (ria_kernels._build), else
 # the wheels downloaded into .whl/ are unpacked into .cutlass/ (both git-ignored):
 #   python3 -m pip download --no-deps -d .whl nvidia-cusparselt-cu13 nvidia-cutlass
+# sm_90a compiles also get -DRIA_WITH_SM90A (as _build.py passes it when an sm_90a gencode is in the build), so
+# csrc/cutlass_sparse_sm90.cu instantiates its CUTLASS 3.x kernel there and compiles to its stub for sm_80.
+# RIA_CHECK_FILES="csrc/a.cu csrc/b.cpp" limits the check to those files (default: every csrc/ unit).
 # RIA_CHECK_KEEP=<dir> keeps the object files. Exit status 0 only if every compile succeeds.
 set -euo pipefail
 
@@ -70,7 +73,7 @@ echo "check_csrc: cuSPARSELt headers $CSLT_INC"
 echo "check_csrc: CUTLASS headers    $CUTLASS_INC"
 
 jobs_list=()
-for src in csrc/*.cpp csrc/*.cu; do
+for src in ${RIA_CHECK_FILES:-csrc/*.cpp csrc/*.cu}; do
   for arch in $ARCHS; do
     jobs_list+=("$src|$arch|with")
   done
@@ -82,6 +85,7 @@ run_one() {  # "$src|$arch|variant"
   local obj="$OUT/$(basename "$src").$arch.$variant.o" log="$OUT/$(basename "$src").$arch.$variant.log"
   local extra=()
   [[ "$variant" == with ]] && extra=("${WITH[@]}")
+  [[ "$variant" == with && "$arch" == 90a ]] && extra+=(-DRIA_WITH_SM90A)
   local t0=$SECONDS
   if "$NVCC" "${COMMON[@]}" "${extra[@]}" "-gencode=arch=compute_$arch,code=sm_$arch" "$src" -o "$obj" >"$log" 2>&1; then
     echo "OK   $src sm_$arch ($variant cuSPARSELt/CUTLASS) $((SECONDS - t0))s"

@@ -38,6 +38,7 @@ def test_finds_nothing_and_builds_without_deps(no_deps, monkeypatch):
     args = _build._build_args()
     flags = " ".join(args["cxx"] + args["nvcc"])
     assert "RIA_WITH_CUSPARSELT" not in flags and "RIA_WITH_CUTLASS" not in flags
+    assert "RIA_WITH_SM90A" not in flags  # no sm_90a target: the sm90 kernel file compiles to its stub
     assert args["ldflags"] == []
     assert args["include_dirs"] == [_build.CSRC]
 
@@ -99,7 +100,8 @@ def test_build_args_with_deps(tmp_path, monkeypatch):
     for flags in (args["cxx"], args["nvcc"]):
         assert "-DRIA_WITH_CUSPARSELT" in flags and "-DRIA_WITH_CUTLASS" in flags
     assert "-gencode=arch=compute_80,code=sm_80" in args["nvcc"]
-    assert "-gencode=arch=compute_90,code=sm_90" in args["nvcc"]
+    assert "-gencode=arch=compute_90a,code=sm_90a" in args["nvcc"]  # "9.0" builds sm_90a (sm90 sparse kernel)
+    assert "-DRIA_WITH_SM90A" in args["nvcc"] and "-DRIA_WITH_SM90A" not in args["cxx"]
     lib = str(tmp_path / "cslt" / "lib")
     assert args["ldflags"] == [f"-L{lib}", "-l:libcusparseLt.so.0", f"-Wl,-rpath,{lib}"]
     assert str(tmp_path / "cutlass" / "include") in args["include_dirs"]
@@ -113,6 +115,14 @@ def test_arch_list_and_gencode(monkeypatch):
         "-gencode=arch=compute_90a,code=sm_90a",
         "-gencode=arch=compute_90a,code=compute_90a",
     ]
+    # "9.0" -> an sm_90a cubin; its PTX stays portable compute_90
+    assert _build.gencode_flags(["9.0+PTX", "10.0"]) == [
+        "-gencode=arch=compute_90a,code=sm_90a",
+        "-gencode=arch=compute_90,code=compute_90",
+        "-gencode=arch=compute_100,code=sm_100",
+    ]
+    assert _build.targets_sm90a(_build.gencode_flags(["9.0"]))
+    assert not _build.targets_sm90a(_build.gencode_flags(["8.0", "8.9", "10.0+PTX"]))
     with pytest.raises(ValueError, match="compute capability >= 8.0"):
         _build.gencode_flags(["7.5"])
     with pytest.raises(ValueError, match="not like"):
@@ -123,7 +133,8 @@ def test_sources_are_the_csrc_translation_units():
     rel = _build.sources(relative=True)
     assert rel and all(not os.path.isabs(p) and p.startswith("csrc" + os.sep) for p in rel)
     names = {os.path.basename(p) for p in rel}
-    assert {"cslt_matmul.cpp", "ops_registration.cpp", "cutlass_sparse_sm80.cu", "cutlass_meta.cpp"} <= names
+    assert {"cslt_matmul.cpp", "ops_registration.cpp", "cutlass_sparse_sm80.cu", "cutlass_sparse_sm90.cu",
+            "cutlass_meta.cpp"} <= names
     assert [os.path.join(ROOT, p) for p in rel] == _build.sources()
 
 
@@ -171,6 +182,19 @@ def test_check_csrc_script_compiles_everything():
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     assert "FAIL" not in proc.stdout
     assert "compiles passed" in proc.stdout
+
+
+@pytest.mark.skipif(not COMPILE_CHECK, reason="set RIA_KERNELS_COMPILE_CHECK=1 (needs nvcc and the CUTLASS headers; "
+                    "the sm_90a compile of the CUTLASS 3.x kernel takes several minutes)")
+def test_check_csrc_sm90_kernel_compiles():
+    """csrc/cutlass_sparse_sm90.cu alone: the CUTLASS 3.x kernel for sm_90a, the guarded stub for sm_80."""
+    env = dict(os.environ, RIA_CHECK_FILES="csrc/cutlass_sparse_sm90.cu", RIA_CHECK_ARCHS="80 90a")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "check_csrc.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    for line in ("OK   csrc/cutlass_sparse_sm90.cu sm_90a (with", "OK   csrc/cutlass_sparse_sm90.cu sm_80 (with",
+                 "OK   csrc/cutlass_sparse_sm90.cu sm_80 (without"):
+        assert line in proc.stdout, proc.stdout
 
 
 def _reference_pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

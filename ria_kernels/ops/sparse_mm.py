@@ -10,7 +10,7 @@ The extension is never imported at package import time: :func:`load_ops` loads i
 on first use (through ``ria_kernels._build.load_extension``), then registers the
 fake implementations with ``torch.library.register_fake`` so the ops trace under
 ``torch.compile``. Host-only queries (``cslt_available``, ``cslt_version``,
-``cslt_cache_stats``, ``cslt_clear_cache``, ``cutlass_available``) take no tensors
+``cslt_cache_stats``, ``cslt_clear_cache``, ``cutlass_available``, ``cutlass90_available``) take no tensors
 and are never traced, so they get no fake.
 
 ``cslt_search`` / ``cslt_mm`` configs are ``[alg_id, split_k, split_k_mode]`` as
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .._errors import BackendUnavailableError, RiaInputError
-from .._logging import logger
+from .._logging import log_once, logger
 
 SPARSE_DTYPES = (torch.float16, torch.bfloat16)
 # alg_id -1: the extension's own searched config for this key (see module docstring)
@@ -134,11 +134,24 @@ def _register_fakes(namespace: str = "ria_kernels") -> None:
     def cutlass_sparse_mm_fake(x, values, meta, bias=None, alpha=None):
         return _fake_mm_out(x, values.shape[0])
 
+    def cutlass90_compress_fake(weight):
+        n, k = weight.shape
+        # csrc/cutlass_sparse_sm90.cu (CUTLASS sm90 compressor, shapes pinned by static_asserts there):
+        # values [N, K/2] in weight's dtype; metadata [round_up(N, 64), round_up(K, 128) / 8] uint8
+        meta_rows = (n + 63) // 64 * 64
+        meta_cols = (k + 127) // 128 * 128 // 8
+        return [weight.new_empty((n, k // 2)), weight.new_empty((meta_rows, meta_cols), dtype=torch.uint8)]
+
+    def cutlass90_sparse_mm_fake(x, values, meta, bias=None, alpha=None):
+        return _fake_mm_out(x, values.shape[0])
+
     reg("cslt_compress", cslt_compress_fake)
     reg("cslt_search", cslt_search_fake)
     reg("cslt_mm", cslt_mm_fake)
     reg("cutlass_compress", cutlass_compress_fake)
     reg("cutlass_sparse_mm", cutlass_sparse_mm_fake)
+    reg("cutlass90_compress", cutlass90_compress_fake)
+    reg("cutlass90_sparse_mm", cutlass90_sparse_mm_fake)
     _fakes_registered.add(namespace)
 
 
@@ -233,11 +246,37 @@ def cslt_clear_cache() -> None:
     torch.ops.ria_kernels.cslt_clear_cache()
 
 
+# (out_features, in_features) multiples each CUTLASS kernel accepts (csrc/cutlass_sparse_sm80.cu, _sm90.cu)
+CUTLASS_SHAPE_MULTIPLES = {"sm80": (32, 64), "sm90": (8, 16)}
+
+
+def cutlass_arch(device: torch.device) -> str | None:
+    """Which CUTLASS 2:4 kernel the ``cutlass`` backend runs on ``device``: ``"sm90"`` (the
+    warp-specialized wgmma collective, Hopper only, when built) else ``"sm80"`` (SparseGemm,
+    any sm80+ GPU); None when the extension has neither. The one place this is decided."""
+    if not load_ops():
+        return None
+    ops = torch.ops.ria_kernels
+    if torch.cuda.get_device_capability(device) == (9, 0) and hasattr(ops, "cutlass90_available") \
+            and ops.cutlass90_available():
+        arch = "sm90"
+    elif ops.cutlass_available():
+        arch = "sm80"
+    else:
+        return None
+    log_once(("cutlass_arch", str(device), arch), "cutlass 2:4 kernel on %s: %s", device, arch)
+    return arch
+
+
 def cutlass_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(values [N, K/2], metadata)`` in the layout the CUTLASS kernel reads."""
+    """``(values [N, K/2], metadata)`` in the layout the CUTLASS kernel for this device reads
+    (sm90: metadata uint8; sm80: int16 -- which is how ``cutlass_sparse_mm`` tells them apart)."""
     _check_weight(weight, "cutlass_compress")
     _require("cutlass_compress")
-    values, meta = torch.ops.ria_kernels.cutlass_compress(weight)
+    if cutlass_arch(weight.device) == "sm90":
+        values, meta = torch.ops.ria_kernels.cutlass90_compress(weight)
+    else:
+        values, meta = torch.ops.ria_kernels.cutlass_compress(weight)
     return values, meta
 
 
@@ -248,7 +287,14 @@ def cutlass_sparse_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                             f"got {tuple(values.shape)}")
     _check_mm("cutlass_sparse_mm", x, values.shape[0], values.device, bias, alpha)
     _require("cutlass_sparse_mm")
-    return torch.ops.ria_kernels.cutlass_sparse_mm(x, values, meta, bias, alpha)
+    return cutlass_mm_op(meta)(x, values, meta, bias, alpha)
+
+
+def cutlass_mm_op(meta: torch.Tensor):
+    """The CUTLASS matmul op for weights compressed by :func:`cutlass_compress`: its metadata
+    dtype says which kernel's layout it is in (sm90: uint8, sm80: int16). Unchecked: hot path."""
+    ops = torch.ops.ria_kernels
+    return ops.cutlass90_sparse_mm if meta.dtype == torch.uint8 else ops.cutlass_sparse_mm
 
 
 # --------------------------------------------------------------------------- reference

@@ -275,7 +275,7 @@ def test_ops_under_torch_compile(op):
         fn = lambda x: torch.ops.ria_kernels.cslt_mm(x, comp, w.shape[0], b, None, *cfg) * 2  # noqa: E731
     else:
         values, meta = sparse_mm.cutlass_compress(w)
-        fn = lambda x: torch.ops.ria_kernels.cutlass_sparse_mm(x, values, meta, b, None) * 2  # noqa: E731
+        fn = lambda x: sparse_mm.cutlass_mm_op(meta)(x, values, meta, b, None) * 2  # noqa: E731
     cf = torch.compile(fn, fullgraph=True)
     assert_rel_close(cf(x) / 2, sparse_mm_reference(x, w, b), torch.bfloat16)
 
@@ -291,7 +291,7 @@ def test_ops_in_cuda_graph(op):
         fn = lambda x: torch.ops.ria_kernels.cslt_mm(x, comp, w.shape[0], b, None, *cfg)  # noqa: E731
     else:
         values, meta = sparse_mm.cutlass_compress(w)
-        fn = lambda x: torch.ops.ria_kernels.cutlass_sparse_mm(x, values, meta, b, None)  # noqa: E731
+        fn = lambda x: sparse_mm.cutlass_mm_op(meta)(x, values, meta, b, None)  # noqa: E731
     static_x = x.clone()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
