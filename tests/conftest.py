@@ -77,3 +77,44 @@ def make_text(n_words: int = 3000, seed: int = 0) -> str:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(WORDS), (n_words,), generator=g)
     return " ".join(WORDS[i] for i in idx.tolist())
+
+
+def cuda_graph_replay(fn, static_x: torch.Tensor, new_x: torch.Tensor):
+    """Capture ``fn(static_x)`` in a CUDA graph (after a warm-up on a side stream, so one-time
+    work such as kernel compilation, plan creation or config search stays outside the capture),
+    then copy ``new_x`` into ``static_x``, poison the captured output with NaN and replay.
+    Returns the replayed output, to compare with ``fn``'s reference on ``new_x``."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn(static_x)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = fn(static_x)
+    static_x.copy_(new_x)
+    static_y.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    return static_y
+
+
+# 2:4 matmul checks (tests/ops/test_sparse_mm.py, tests/test_sparse_linear.py): relative error of
+# a sparse GPU backend against the float32 reference, per input dtype, and the token counts to test.
+SPARSE_MM_REL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+SPARSE_MM_TOKENS = (1, 7, 8, 129, 1024, 8191)
+
+
+def assert_rel_close(y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    """``y`` (a backend's output) within SPARSE_MM_REL[dtype] of the float32 ``ref``, finite everywhere."""
+    assert torch.isfinite(y).all(), "output has NaN/inf (unwritten elements of a poisoned buffer?)"
+    diff = y.float() - ref
+    err = diff.norm() / ref.norm().clamp_min(1e-12)
+    assert err <= SPARSE_MM_REL[dtype], f"relative error {float(err):.3e} > {SPARSE_MM_REL[dtype]:.1e}"
+    assert diff.abs().max() <= 8 * SPARSE_MM_REL[dtype] * ref.abs().max()
+
+
+def poison_allocator(nbytes: int) -> None:
+    """Fill a freed block with NaN so a kernel that skips elements of its (reused) output shows it."""
+    t = torch.full((nbytes // 2 + 1024,), float("nan"), dtype=torch.float16, device="cuda")
+    del t

@@ -12,14 +12,14 @@ from ria_kernels import BackendUnavailableError, RiaInputError, SparseLinear
 from ria_kernels import sparse_linear as sl
 from ria_kernels.ops import sparse_mm
 from ria_kernels.ops.sparse_mm import sparse_mm_reference
+from conftest import SPARSE_MM_TOKENS, assert_rel_close, cuda_graph_replay, poison_allocator
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 # dense path on CPU vs the float32 reference: (rtol, atol) by dtype
 TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2)}
 # GPU backends: relative error bound ||y - ref|| / ||ref|| by dtype
-REL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
-TOKENS = (1, 7, 8, 129, 1024, 8191)
+TOKENS = SPARSE_MM_TOKENS
 
 
 def pruned_linear(n, k, bias=True, dtype=torch.float32, seed=0, device="cpu"):
@@ -361,18 +361,6 @@ def _gpu_case(tokens, dtype, bias, n=256, k=512, seed=0):
     return lin, x
 
 
-def assert_rel_close(y, ref, dtype):
-    assert torch.isfinite(y).all(), "output has NaN/inf (unwritten elements of a poisoned buffer?)"
-    err = (y.float() - ref).norm() / ref.norm().clamp_min(1e-12)
-    assert err <= REL[dtype], f"relative error {float(err):.3e} > {REL[dtype]:.1e}"
-    assert (y.float() - ref).abs().max() <= 8 * REL[dtype] * ref.abs().max()
-
-
-def poison_allocator(nbytes):
-    t = torch.full((nbytes // 2 + 1024,), float("nan"), dtype=torch.float16, device="cuda")
-    del t
-
-
 @needs_cuda
 @pytest.mark.parametrize("backend", sl.SPARSE_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -413,20 +401,8 @@ def test_backend_in_cuda_graph(backend):
     _skip_unless_backend(backend, 256, 512, torch.float16)
     lin, x = _gpu_case(8, torch.float16, True, seed=5)
     m = SparseLinear.from_linear(lin, backend=backend)
-    static_x = x.clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # warm-up: config search and plan creation happen outside capture
-        m(static_x)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = m(static_x)
     new_x = torch.randn_like(x)
-    static_x.copy_(new_x)
-    static_y.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
+    static_y = cuda_graph_replay(m, x.clone(), new_x)  # config search + plan creation in the warm-up
     assert_rel_close(static_y, sparse_mm_reference(new_x, lin.weight, lin.bias), torch.float16)
 
 

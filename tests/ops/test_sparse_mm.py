@@ -9,12 +9,11 @@ import torch
 from ria_kernels import BackendUnavailableError, RiaInputError
 from ria_kernels.ops import sparse_mm
 from ria_kernels.ops.sparse_mm import sparse_mm_reference
+from conftest import SPARSE_MM_TOKENS, assert_rel_close, cuda_graph_replay, poison_allocator
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-# relative error ||y - ref|| / ||ref|| and max-abs bound (x max|ref|) of a 2:4 matmul vs its float32 reference
-REL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
-TOKENS = (1, 7, 8, 129, 1024, 8191)
+TOKENS = SPARSE_MM_TOKENS  # tolerances: conftest.SPARSE_MM_REL (used by assert_rel_close)
 
 
 def pruned_24(n, k, dtype=torch.float32, seed=0, device="cpu"):
@@ -42,20 +41,6 @@ def _skip_unless(backend):
     major, _ = torch.cuda.get_device_capability()
     if major < 8:
         pytest.skip("2:4 sparse tensor cores need compute capability >= 8.0")
-
-
-def assert_rel_close(y, ref, dtype):
-    assert torch.isfinite(y).all(), "output has NaN/inf (unwritten elements of a poisoned buffer?)"
-    y = y.float()
-    err = (y - ref).norm() / ref.norm().clamp_min(1e-12)
-    assert err <= REL[dtype], f"relative error {float(err):.3e} > {REL[dtype]:.1e}"
-    assert (y - ref).abs().max() <= 8 * REL[dtype] * ref.abs().max()
-
-
-def poison_allocator(nbytes):
-    """Fill a freed block with NaN so a kernel that skips elements of its (reused) output shows it."""
-    t = torch.full((nbytes // 2 + 1024,), float("nan"), dtype=torch.float16, device="cuda")
-    del t
 
 
 # --------------------------------------------------------------------------- CPU
@@ -292,18 +277,6 @@ def test_ops_in_cuda_graph(op):
     else:
         values, meta = sparse_mm.cutlass_compress(w)
         fn = lambda x: sparse_mm.cutlass_mm_op(meta)(x, values, meta, b, None)  # noqa: E731
-    static_x = x.clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # warm-up creates the plan outside capture
-        fn(static_x)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_y = fn(static_x)
     new_x = torch.randn_like(x)
-    static_x.copy_(new_x)
-    static_y.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
+    static_y = cuda_graph_replay(fn, x.clone(), new_x)  # the plan is created in the warm-up, outside capture
     assert_rel_close(static_y, sparse_mm_reference(new_x, w, b), torch.float16)
