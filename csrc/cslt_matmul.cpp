@@ -343,10 +343,7 @@ int64_t version() {
 }
 
 at::Tensor compress(const at::Tensor& weight) {
-  TORCH_CHECK(weight.is_cuda(), "weight must be a CUDA tensor, got device ", weight.device());
-  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D [out_features, in_features], got ", weight.dim(), "-D");
-  TORCH_CHECK(weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16,
-              "weight must be float16 or bfloat16, got ", weight.scalar_type());
+  ria::check_weight(weight);
   TORCH_CHECK(weight.is_contiguous(), "weight must be row-major contiguous");
   const int64_t n = weight.size(0), k = weight.size(1);
   TORCH_CHECK(n > 0 && n % kStructuredMultiple == 0, "weight.size(0) (out_features) must be a positive multiple "

@@ -32,6 +32,8 @@
 #include <cutlass/gemm/device/gemm_sparse.h>
 #include <cutlass/half.h>
 
+#include "ria_cutlass.h"
+
 #include <c10/cuda/CUDACachingAllocator.h>
 
 namespace ria {
@@ -83,13 +85,7 @@ void launch(const at::Tensor& x, const at::Tensor& values, const at::Tensor& met
       {d_ptr, cutlass::layout::RowMajor(n)},
       {e_ptr, Cfg::LayoutE::packed(cutlass::MatrixCoord(m, k / 16))},
       {1.0f, 0.0f}, /*split_k_slices=*/1);
-  Gemm gemm;
-  RIA_CUTLASS_CHECK(Gemm::can_implement(args));
-  const size_t ws_bytes = Gemm::get_workspace_size(args);
-  auto workspace = c10::cuda::CUDACachingAllocator::get()->allocate(ws_bytes);
-  RIA_CUTLASS_CHECK(gemm.initialize(args, workspace.get(), stream));
-  RIA_CUTLASS_CHECK(gemm.run(stream));
-  RIA_CUDA_CHECK(cudaGetLastError());
+  run_cutlass_op<Gemm>(args, stream);
 }
 
 int device_capability(int device) {
@@ -104,10 +100,7 @@ int device_capability(int device) {
 bool available() { return true; }
 
 std::vector<at::Tensor> compress(const at::Tensor& weight) {
-  TORCH_CHECK(weight.is_cuda(), "weight must be a CUDA tensor, got device ", weight.device());
-  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D [out_features, in_features], got ", weight.dim(), "-D");
-  TORCH_CHECK(weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16,
-              "weight must be float16 or bfloat16, got ", weight.scalar_type());
+  ria::check_weight(weight);
   const int64_t n = weight.size(0), k = weight.size(1);
   TORCH_CHECK(n > 0 && n % kMultipleN == 0, "weight.size(0) (out_features) must be a positive multiple of 32 "
               "for the CUTLASS sm80 sparse kernel, got ", n);

@@ -55,6 +55,8 @@
 #include <cutlass/transform/device/transform_universal_adapter.hpp>
 #include <cutlass/transform/kernel/sparse_gemm_compressor.hpp>
 
+#include "ria_cutlass.h"
+
 #include <c10/cuda/CUDACachingAllocator.h>
 
 #include <algorithm>
@@ -186,12 +188,7 @@ void compress_impl(const at::Tensor& w, at::Tensor& values, at::Tensor& meta, cu
               "StructuredSparseCompressorUtility");
   typename Compressor::Arguments args{
       shape, {w.data_ptr(), stride_a, values.data_ptr(), meta.data_ptr()}, {hw_info(w.get_device())}};
-  Compressor op;
-  RIA_CUTLASS_CHECK(Compressor::can_implement(args));
-  auto workspace = c10::cuda::CUDACachingAllocator::get()->allocate(Compressor::get_workspace_size(args));
-  RIA_CUTLASS_CHECK(op.initialize(args, workspace.get(), stream));
-  RIA_CUTLASS_CHECK(op.run(stream));
-  RIA_CUDA_CHECK(cudaGetLastError());
+  run_cutlass_op<Compressor>(args, stream);
 }
 
 template <typename Element>
@@ -222,19 +219,11 @@ void gemm_impl(const at::Tensor& x, const at::Tensor& values, const at::Tensor& 
   fusion.beta_ptr = nullptr;
   fusion.bias_ptr = bias.has_value() ? reinterpret_cast<const Element*>(bias->data_ptr()) : nullptr;
 
-  Gemm gemm;
-  RIA_CUTLASS_CHECK(Gemm::can_implement(args));
-  auto workspace = c10::cuda::CUDACachingAllocator::get()->allocate(Gemm::get_workspace_size(args));
-  RIA_CUTLASS_CHECK(gemm.initialize(args, workspace.get(), stream));
-  RIA_CUTLASS_CHECK(gemm.run(stream));
-  RIA_CUDA_CHECK(cudaGetLastError());
+  run_cutlass_op<Gemm>(args, stream);
 }
 
-void check_weight(const at::Tensor& weight) {
-  TORCH_CHECK(weight.is_cuda(), "weight must be a CUDA tensor, got device ", weight.device());
-  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D [out_features, in_features], got ", weight.dim(), "-D");
-  TORCH_CHECK(weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16,
-              "weight must be float16 or bfloat16, got ", weight.scalar_type());
+void check_weight_sm90(const at::Tensor& weight) {
+  ria::check_weight(weight);
   TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous (row-major [out_features, in_features])");
   const int64_t n = weight.size(0), k = weight.size(1);
   TORCH_CHECK(n > 0 && n % kMultipleN == 0, "weight.size(0) (out_features) must be a positive multiple of 8 for "
@@ -250,7 +239,7 @@ void check_weight(const at::Tensor& weight) {
 bool available() { return true; }
 
 std::vector<at::Tensor> compress(const at::Tensor& weight) {
-  check_weight(weight);
+  check_weight_sm90(weight);
   const int64_t n = weight.size(0), k = weight.size(1);
   const c10::cuda::CUDAGuard guard(weight.device());
   check_hopper(weight.get_device(), "cutlass90_compress");

@@ -4,7 +4,7 @@
 //  * Inputs are checked at the boundary with TORCH_CHECK; each message names the
 //    argument and the limit it broke (the Python side maps these to RiaInputError).
 //  * Every CUDA runtime / cuSPARSELt / CUTLASS status is checked; the error names
-//    the call that failed (RIA_CUDA_CHECK / RIA_CUSPARSELT_CHECK / RIA_CUTLASS_CHECK).
+//    the call that failed (RIA_CUDA_CHECK / RIA_CUSPARSELT_CHECK / RIA_CUTLASS_CHECK in ria_cutlass.h).
 //  * Only c10/cuda headers are used (no ATen/cuda/CUDAContext.h): that header pulls in
 //    cuBLAS/cuSPARSE headers we do not need, and keeping it out lets the sources be
 //    compile-checked against a CPU wheel's headers (scripts/check_csrc.sh).
@@ -29,15 +29,6 @@
 namespace ria {
 
 // Checks shared by the sparse matmul launchers: x [T, K] row-major fp16/bf16 on CUDA.
-// For files that include CUTLASS: check a cutlass::Status (the macro expands where CUTLASS is
-// included; this header itself does not depend on CUTLASS).
-#define RIA_CUTLASS_CHECK(expr)                                                                   \
-  do {                                                                                            \
-    cutlass::Status ria_cs_ = (expr);                                                             \
-    TORCH_CHECK(ria_cs_ == cutlass::Status::kSuccess, "ria_kernels: CUTLASS call ", #expr,         \
-                " failed: ", cutlassGetStatusString(ria_cs_));                                    \
-  } while (0)
-
 inline void check_activation(const at::Tensor& x, const char* name = "x") {
   TORCH_CHECK(x.is_cuda(), name, " must be a CUDA tensor, got device ", x.device());
   TORCH_CHECK(x.dim() == 2, name, " must be 2-D [tokens, in_features], got ", x.dim(), "-D");
@@ -46,6 +37,15 @@ inline void check_activation(const at::Tensor& x, const char* name = "x") {
   TORCH_CHECK(x.is_contiguous(), name, " must be row-major contiguous (strides [K, 1]), got strides ",
               x.strides());
   TORCH_CHECK(x.size(0) >= 1, name, " must have at least 1 token (rows), got ", x.size(0));
+}
+
+// The 2:4 weight every compress op takes: W [out_features, in_features], fp16/bf16 on CUDA
+// (each kernel adds its own shape multiples and layout needs).
+inline void check_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.is_cuda(), "weight must be a CUDA tensor, got device ", weight.device());
+  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D [out_features, in_features], got ", weight.dim(), "-D");
+  TORCH_CHECK(weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16,
+              "weight must be float16 or bfloat16, got ", weight.scalar_type());
 }
 
 // Optional epilogue vectors: bias [N] in x's dtype, alpha [N] float32, same device as x.

@@ -51,7 +51,7 @@ from ._logging import log_once, logger
 from .models import ModelAdapter, get_adapter
 from .models.base import LinearGroup
 from .ops.rms_norm import check_permutation, permuted_rms_norm
-from .sparse_linear import SparseLinear
+from .sparse_linear import SparseLinear, is_2to4
 
 O_PROJ_MODES = ("auto", "gather")
 
@@ -144,12 +144,6 @@ class _LayerPlan:
     sparse: dict[str, bool] = field(default_factory=dict)           # linear -> becomes SparseLinear
     norms: dict[str, torch.Tensor] = field(default_factory=dict)    # norm path -> perm
     gather: dict[str, torch.Tensor] = field(default_factory=dict)   # linear -> runtime input gather perm
-
-
-def _is_2to4(weight: torch.Tensor) -> bool:
-    if weight.dim() != 2 or weight.shape[1] % 4:
-        return False
-    return bool(((weight.detach().reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
 
 
 def _report_perms(model: nn.Module, adapter: ModelAdapter, report) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -246,7 +240,7 @@ def _plan(model: nn.Module, adapter: ModelAdapter, report, o_proj: str) -> list[
                         raise RiaInputError(f"report.permutations: {adapter.full_name(i, n)} and "
                                             f"{adapter.full_name(i, g.linears[0])} share an input but have "
                                             "different permutations")
-            sparse = {n: _is_2to4(linears[n].weight if perm is None
+            sparse = {n: is_2to4(linears[n].weight if perm is None
                                   else linears[n].weight.index_select(1, perm.to(linears[n].weight.device)))
                       for n in g.linears}
             if sparsity == "2:4":
@@ -260,7 +254,7 @@ def _plan(model: nn.Module, adapter: ModelAdapter, report, o_proj: str) -> list[
                          "to_sparse_inference: permutations of groups that are not 2:4 (report sparsity %s) are "
                          "not applied: their linears stay dense nn.Linear", sparsity)
                 perm = None
-                sparse = {n: _is_2to4(linears[n].weight) for n in g.linears}
+                sparse = {n: is_2to4(linears[n].weight) for n in g.linears}
             group_perm[g.name] = perm
             plan.sparse.update(sparse)
         for g in adapter.groups:

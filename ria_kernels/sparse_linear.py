@@ -71,11 +71,22 @@ def check_2to4(weight: torch.Tensor, name: str = "weight") -> None:
         raise RiaInputError(f"{name} must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
     if weight.shape[1] % 4 != 0:
         raise RiaInputError(f"{name}: in_features={weight.shape[1]} is not divisible by 4 (2:4 sparsity)")
-    nnz = (weight.detach().reshape(weight.shape[0], -1, 4) != 0).sum(-1)
-    bad = int((nnz > 2).sum())
+    bad, groups = _groups_over_2(weight)
     if bad:
-        raise RiaInputError(f"{name} is not 2:4 sparse: {bad} of {nnz.numel()} groups of 4 consecutive input "
+        raise RiaInputError(f"{name} is not 2:4 sparse: {bad} of {groups} groups of 4 consecutive input "
                             "weights have more than 2 non-zeros (prune with sparsity '2:4' first)")
+
+
+def is_2to4(weight: torch.Tensor) -> bool:
+    """:func:`check_2to4` as a test: a 2-D tensor, in_features % 4 == 0, at most 2 non-zeros per group of 4."""
+    return (isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] % 4 == 0
+            and _groups_over_2(weight)[0] == 0)
+
+
+def _groups_over_2(weight: torch.Tensor) -> tuple[int, int]:
+    """(groups of 4 consecutive input weights with more than 2 non-zeros, number of groups)."""
+    nnz = (weight.detach().reshape(weight.shape[0], -1, 4) != 0).sum(-1)
+    return int((nnz > 2).sum()), nnz.numel()
 
 
 def token_bucket(tokens) -> int:

@@ -64,8 +64,6 @@ def to_device(obj, device):
     return obj
 
 
-_to_device = to_device  # backwards-compatible alias
-
 
 def _hooks_of(module: nn.Module) -> list:
     """accelerate hooks attached to ``module`` (a SequentialHook is flattened)."""
