@@ -217,3 +217,30 @@ def _permuted_rms_norm_triton(x, weight, perm, eps, residual, out=None, weight_p
                                            h, eps, PERMUTE=perm is not None, RESIDUAL=residual is not None,
                                            BLOCK_H=block, num_warps=num_warps)
     return y if residual is None else (y, h_out)
+
+
+# --------------------------------------------------------------------------- AOT gate cases
+AOT_HIDDEN = (4096, 5120, 8192, 11008, 28672, 4097)
+
+
+def aot_cases():
+    """Launch configurations for ``scripts/check_triton_aot.py`` (recorded, never run): the public
+    ``permuted_rms_norm`` at 8192 tokens x LLaMA hidden sizes (and odd ones) up to 28672,
+    fp16/bf16/fp32, permuted or not, with and without the fused residual."""
+    _dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+    def case(tokens, h, dtype, permute, residual):
+        def run():
+            x = torch.empty(tokens, h, dtype=_dt[dtype])
+            w = torch.ones(h, dtype=_dt[dtype])
+            perm = torch.arange(h, dtype=torch.int32) if permute else None
+            r = torch.empty_like(x) if residual else None
+            return permuted_rms_norm(x, w, perm, 1e-6, r, backend="triton", validate=False, weight_permuted=True)
+        kind = ("perm" if permute else "plain") + ("+res" if residual else "")
+        return f"rms_norm {kind} {dtype} {tokens}x{h}", run
+
+    for h in AOT_HIDDEN:
+        for dtype in ("fp16", "bf16", "fp32"):
+            for permute in (False, True):
+                for residual in (False, True):
+                    yield case(8192 if h != 4097 else 7, h, dtype, permute, residual)
