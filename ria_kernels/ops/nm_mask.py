@@ -255,16 +255,18 @@ if triton is not None:
             tl.store(sum_ptr + rows64 * G + groups[None, :], total, mask=ok)
 
 
-def nm_tile(r: int, c: int, m: int) -> tuple[int, int, int, int]:
+def nm_tile(r: int, c: int, m: int, elem_size: int = 4) -> tuple[int, int, int, int]:
     """(MP, BLOCK_R, BLOCK_W, num_warps) for the N:M kernels.
 
     MP = M rounded up to a power of two. A program owns BLOCK_R rows x BLOCK_W columns
-    (BLOCK_W // MP groups per row, 256 columns when the matrix is that wide: contiguous
-    16-byte loads), 4 warps, ~16 elements per thread (8 for M = 16, whose 120 pairwise
-    compares per group need the registers). Ranking costs M*(M-1)/2 compares per group."""
+    (BLOCK_W // MP groups per row, 256 columns when the matrix is that wide), 4 warps. Each
+    thread holds max(MP, one 16-byte vector) elements: it must own whole groups for the
+    register ranking, and with exactly one vector per thread the compiler gives the loads
+    and every store (input dtype, int8 mask) the same layout, so no shared-memory layout
+    conversion is needed. Ranking costs M*(M-1)/2 compares per group."""
     mp = triton.next_power_of_2(m)
     width = min(256, triton.next_power_of_2(max(c // m, 1)) * mp)
-    elems = 1024 if mp >= 16 else 2048
+    elems = 128 * max(mp, 16 // elem_size)
     block_r = max(1, min(elems // width, triton.next_power_of_2(max(r, 1))))
     return mp, block_r, width, 4
 
@@ -282,7 +284,7 @@ def _nm_topk_triton(score: torch.Tensor, n: int, m: int, *, with_sums: bool = Tr
         sums = torch.empty((r, g), dtype=torch.float32, device=score.device) if sums_out is None else sums_out
     if r == 0 or c == 0:
         return mask, (sums if with_sums else None)
-    mp, block_r, block_w, warps = nm_tile(r, c, m)
+    mp, block_r, block_w, warps = nm_tile(r, c, m, score.element_size())
     grid = (triton.cdiv(r, block_r), triton.cdiv(g, block_w // mp))
     _nm_topk_kernel[grid](score, mask.view(torch.int8), sums if with_sums else mask, r, c, g, score.stride(0),
                           KEEP=m - n, M=m, MP=mp, BLOCK_R=block_r, BLOCK_W=block_w, WRITE_SUM=with_sums,

@@ -26,7 +26,7 @@ import torch
 from .._backend import resolve_backend
 from .._errors import RiaInputError
 from .._validation import check_act_norm, check_divisible, parse_sparsity
-from .nm_mask import (nm_keep_tile, nm_mask_reference, nm_tile, nm_tile_offsets, rank_key, rank_scores, threshold_mask,
+from .nm_mask import (join_lanes, nm_keep_tile, nm_mask_reference, split_lanes, nm_tile, nm_tile_offsets, rank_key, rank_scores, threshold_mask,
                       unstructured_mask_reference)
 from .ria_score import _check_inputs, _pruning_score_triton, pruning_score_reference, triton_factors
 
@@ -130,17 +130,27 @@ if triton is not None:
         rows64 = rows.to(tl.int64)[:, None]
         w = tl.load(w_ptr + rows64 * stride_r + cols[None, :], mask=valid, other=0.0)
         s = tl.abs(w.to(tl.float32))
+        # column factors are loaded as [BLOCK_R, BLOCK_W] tiles (each row's copy from L1): a 1-D
+        # load would get its own layout and a shared-memory conversion to broadcast over rows
+        cols2d = tl.broadcast_to(cols[None, :], (BLOCK_R, BLOCK_W))
         if USE_RI:
             ri = tl.load(row_inv_ptr + rows, mask=rows < R, other=0.0)
-            ci = tl.load(col_inv_ptr + cols, mask=cols < C, other=0.0)
-            s = s * (ri[:, None] + ci[None, :])
+            ci = tl.load(col_inv_ptr + cols2d, mask=valid, other=0.0)
+            s = s * (ri[:, None] + ci)
         if USE_SCALE:
-            cs = tl.load(col_scale_ptr + cols, mask=cols < C, other=0.0)
-            s = s * cs[None, :]
+            cs = tl.load(col_scale_ptr + cols2d, mask=valid, other=0.0)
+            s = s * cs
         s = tl.where(valid, rank_key(s), float("-inf"))  # padding never beats a real column
-        keep, _, _ = nm_keep_tile(s, MP, KEEP)
+        keep, _, flags = nm_keep_tile(s, MP, KEEP)
+        # the pruned tile is built from W's lanes and joined like the flags, so both stores
+        # share one layout (combining the load layout with the joined one would cost a
+        # shared-memory layout conversion)
+        w_lanes = split_lanes(tl.reshape(w, (BLOCK_R * BLOCK_W // MP, MP)), MP)
+        pruned = ()
+        for k in tl.static_range(MP):
+            pruned = pruned + (tl.where(flags[k] != 0, w_lanes[k], tl.zeros_like(w_lanes[k])),)
         out_off = rows64 * C + cols[None, :]
-        tl.store(out_ptr + out_off, tl.where(keep != 0, w, tl.zeros_like(w)), mask=valid)
+        tl.store(out_ptr + out_off, tl.reshape(join_lanes(pruned, MP), (BLOCK_R, BLOCK_W)), mask=valid)
         tl.store(mask_ptr + out_off, keep, mask=valid)
 
 
@@ -155,7 +165,7 @@ def _fused_nm_triton(weight, act_norm, method, a, n, m, out=None, mask_out=None)
     mask = torch.empty((r, c), dtype=torch.bool, device=weight.device) if mask_out is None else mask_out
     if r == 0 or c == 0:
         return out, mask
-    mp, block_r, block_w, warps = nm_tile(r, c, m)
+    mp, block_r, block_w, warps = nm_tile(r, c, m, weight.element_size())
     grid = (triton.cdiv(r, block_r), triton.cdiv(c // m, block_w // mp))
     unused = weight  # pointer for a factor the method does not read
     _fused_nm_kernel[grid](weight, out, mask.view(torch.int8), unused if row_inv is None else row_inv,

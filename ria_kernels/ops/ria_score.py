@@ -105,7 +105,9 @@ if triton is not None:
         ROWS_PER_PROG x BLOCK_C strip. Each BLOCK_R x BLOCK_C step writes its partial row
         sums (a reduction inside each warp: a warp spans the BLOCK_C columns) and adds |W|
         into a register tile; the column sums are reduced across warps once, at the end.
-        Partials are written, not atomically added: deterministic. rowp[pid_c, r], colp[pid_r, c]."""
+        Partials are written, not atomically added: deterministic. rowp[pid_c, r], colp[pid_r, c].
+        Left per step: the row-sum store of a warp-replicated vector goes through one small
+        shared-memory conversion (2 barriers); the pass stays DRAM-bound (see triton_aot.md)."""
         pid_r = tl.program_id(0)
         pid_c = tl.program_id(1)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)

@@ -90,7 +90,7 @@ def test_bad_inputs():
         permuted_rms_norm(x, w, torch.arange(1, 9, device=x.device))
     with pytest.raises(RiaInputError, match=r"perm must have shape \[8\]"):
         permuted_rms_norm(x, w, torch.arange(7, device=x.device))
-    with pytest.raises(RiaInputError, match="perm must be int32/int64"):
+    with pytest.raises(RiaInputError, match="perm must be int16/int32/int64"):
         permuted_rms_norm(x, w, torch.arange(8, device=x.device).float())
     with pytest.raises(RiaInputError, match="weight must have shape"):
         permuted_rms_norm(x, rand(7))
