@@ -47,7 +47,8 @@ def fused_prune_reference(weight: torch.Tensor, act_norm: Optional[torch.Tensor]
         mask = nm_mask_reference(score, spec.n, spec.m)
     else:
         mask = unstructured_mask_reference(score, spec.ratio, per_output)
-    return weight * mask.to(weight.dtype), mask
+    # where, not weight * mask: a pruned NaN/inf weight must become exactly 0 (NaN * 0 is NaN)
+    return torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device)), mask
 
 
 def _check_out(weight: torch.Tensor, out: Optional[torch.Tensor], mask_out: Optional[torch.Tensor]) -> None:
