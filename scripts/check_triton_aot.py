@@ -17,7 +17,7 @@ compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 80|90, 3
 ``ptxas -v`` (the ptxas this Triton ships) gives registers and spills, ``cuobjdump -sass``
 (same bin folder) the instruction mix.
 
-    python3 scripts/check_triton_aot.py                          # this Triton + /work/venvs/triton36 or .venv-triton36
+    python3 scripts/check_triton_aot.py                          # this Triton + the Triton 3.6 venv (.ci/run's)
     python3 scripts/check_triton_aot.py --python /path/to/python  # add/replace interpreters (one process each)
     python3 scripts/check_triton_aot.py --worker out.json         # one interpreter only (used by the above)
 
@@ -286,8 +286,11 @@ def worker(out_path: str, only: str | None = None) -> int:
             case_rows.append({"module": module, "label": label, "launches": rec.count - before, "error": err})
     t_rec = time.perf_counter() - t0
     rows = [compile_launch(l) for l in sorted(rec.launches.values(), key=lambda l: (l.kernel, l.arch, l.config()))]
+    import resource
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))  # CPU seconds incl. ptxas/cuobjdump: the load-independent cost
     result = {"triton": triton.__version__, "python": sys.executable, "record_s": round(t_rec, 1),
-              "total_s": round(time.perf_counter() - t0, 1), "import_errors": errors, "cases": case_rows,
+              "total_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu, 1), "import_errors": errors, "cases": case_rows,
               "rows": rows}
     Path(out_path).write_text(json.dumps(result, indent=1))
     return 0
@@ -369,8 +372,8 @@ def markdown(results: list[dict], estimates: list[dict]) -> str:
              "straight-line code, so this is what every warp issues); `BAR`/`LDS+STS`/`SHFL` = barriers, "
              "shared-memory accesses and shuffles in the SASS; widest global load/store in bits.", ""]
     for res in results:
-        lines.append(f"Triton {res['triton']}: {len(res['rows'])} compiled kernels, {len(res['cases'])} cases, "
-                     f"{res['total_s']} s")
+        lines.append(f"Triton {res['triton']}: {len(res['rows'])} compiled kernels from {len(res['cases'])} cases, "
+                     f"{res['total_s']} s wall, {res.get('cpu_s')} s CPU (one worker process per Triton, in parallel)")
     lines += ["", "| Triton | arch | kernel | config | regs | spill | smem | SASS | BAR | LDS+STS | SHFL | LDG bits "
               "| STG bits |", "|" + "---|" * 13]
     for res in results:
@@ -400,7 +403,8 @@ def markdown(results: list[dict], estimates: list[dict]) -> str:
 
 def default_pythons() -> list[str]:
     pys = [sys.executable]
-    for cand in (ROOT / ".venv-triton36" / "bin" / "python", Path("/work/venvs/triton36/bin/python")):
+    cached = Path(os.environ.get("RIA_TRITON36_VENV", Path.home() / ".cache" / "ria-kernels" / "venv-triton36"))
+    for cand in (cached / "bin" / "python", Path("/work/venvs/triton36/bin/python")):
         if cand.exists():
             pys.append(str(cand))
             break
@@ -421,6 +425,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ria_aot_"))
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TRITON_INTERPRET", None)
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated (silences its warning)
     procs = [(py, tmp / f"w{i}.json", subprocess.Popen([py, __file__, "--worker", str(tmp / f"w{i}.json")]
                                                        + (["--only", args.only] if args.only else []),
                                                        env=env, cwd=ROOT)) for i, py in enumerate(pythons)]

@@ -90,6 +90,19 @@ def permuted_rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, perm: Opt
     return y if residual is None else (y, h)
 
 
+def rms_norm_index_select_baseline(x: torch.Tensor, weight: torch.Tensor, perm: Optional[torch.Tensor] = None,
+                                   eps: float = 1e-6, residual: Optional[torch.Tensor] = None):
+    """The strongest plain-torch path a user has (benchmark baseline, run under
+    ``torch.compile``): ``F.rms_norm`` in the input dtype, then ``index_select`` for the
+    permutation; with ``residual``, ``h = x + residual`` first. Same outputs as the reference
+    up to the rounding of the input-dtype arithmetic."""
+    h = x if residual is None else x + residual
+    y = torch.nn.functional.rms_norm(h, (h.shape[-1],), weight.to(h.dtype), eps)
+    if perm is not None:
+        y = y.index_select(-1, perm)
+    return y if residual is None else (y, h)
+
+
 def permuted_rms_norm(x: torch.Tensor, weight: torch.Tensor, perm: Optional[torch.Tensor] = None,
                       eps: float = 1e-6, residual: Optional[torch.Tensor] = None, *,
                       backend: Optional[str] = None, validate: bool = True, weight_permuted: bool = False,
