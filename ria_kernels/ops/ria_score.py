@@ -128,8 +128,12 @@ if triton is not None:
         partials added in a fixed order."""
         ok = offs < N
         total = tl.zeros(offs.shape, dtype=tl.float32)
-        for p in range(0, NPART):
+        # a while loop, not range(NPART): Triton 3.6's interpreter cannot take a runtime bound
+        # under numpy >= 2.4 ("only 0-dimensional arrays can be converted to Python scalars")
+        p = 0
+        while p < NPART:
             total += tl.load(part_ptr + p * N + offs, mask=ok, other=0.0)  # partial buffers < 2^31 elements
+            p += 1
         pos = total > 0
         inv = tl.where(pos, tl.math.div_rn(tl.full(offs.shape, 1.0, tl.float32), tl.where(pos, total, 1.0)), 0.0)
         tl.store(out_ptr + offs, inv, mask=ok)
