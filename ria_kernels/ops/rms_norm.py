@@ -179,7 +179,8 @@ except ImportError:  # pragma: no cover
 if triton is not None:
     @triton.jit
     def _permuted_rms_norm_kernel(x_ptr, res_ptr, w_ptr, perm_ptr, y_ptr, h_ptr, H, eps,
-                                  PERMUTE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_H: tl.constexpr):
+                                  PERMUTE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_H: tl.constexpr,
+                                  RELOAD_ROW: tl.constexpr = False):
         """One program per token row. The row (and the residual) is read once, contiguously
         (vector loads); with the residual, h = x + residual is formed once, stored, and is what
         gets normalised and permuted. The permutation is applied inside the program with
@@ -190,14 +191,33 @@ if triton is not None:
         offs = tl.arange(0, BLOCK_H)
         valid = offs < H
         base = row * H
-        x = tl.load(x_ptr + base + offs, mask=valid, other=0.0)
-        if RESIDUAL:
-            # h = x + residual, rounded to the storage dtype like an unfused residual stream
-            x = (x.to(tl.float32) + tl.load(res_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
-                 ).to(h_ptr.dtype.element_ty)
-            tl.store(h_ptr + base + offs, x, mask=valid)
-        xf = x.to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / H + eps)
+        if RELOAD_ROW and RESIDUAL:
+            # fp32 rows of 32K with the residual at 32 warps (64 registers a thread): x and residual
+            # together would spill, so h = x + residual and its sum of squares go in 4 chunks, then
+            # the row of h is read back (just written by this program: L2, not DRAM) after a barrier
+            # (other threads wrote some of its elements)
+            CHUNK: tl.constexpr = BLOCK_H // 4
+            sq = tl.zeros((CHUNK,), dtype=tl.float32)
+            for c in tl.static_range(4):
+                o = c * CHUNK + tl.arange(0, CHUNK)
+                ok = o < H
+                hc = (tl.load(x_ptr + base + o, mask=ok, other=0.0).to(tl.float32)
+                      + tl.load(res_ptr + base + o, mask=ok, other=0.0).to(tl.float32)).to(h_ptr.dtype.element_ty)
+                tl.store(h_ptr + base + o, hc, mask=ok)
+                sq += hc.to(tl.float32) * hc.to(tl.float32)
+            rstd = 1.0 / tl.sqrt(tl.sum(sq, axis=0) / H + eps)
+            tl.debug_barrier()
+            x = tl.load(h_ptr + base + offs, mask=valid, other=0.0)
+            xf = x.to(tl.float32)
+        else:
+            x = tl.load(x_ptr + base + offs, mask=valid, other=0.0)
+            if RESIDUAL:
+                # h = x + residual, rounded to the storage dtype like an unfused residual stream
+                x = (x.to(tl.float32) + tl.load(res_ptr + base + offs, mask=valid, other=0.0).to(tl.float32)
+                     ).to(h_ptr.dtype.element_ty)
+                tl.store(h_ptr + base + offs, x, mask=valid)
+            xf = x.to(tl.float32)
+            rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / H + eps)
         if PERMUTE:
             src = tl.load(perm_ptr + offs, mask=valid, other=0)
             xp = tl.gather(x, src, 0).to(tl.float32)  # gathered in the storage dtype (half the smem)
@@ -252,7 +272,9 @@ def _permuted_rms_norm_triton(x, weight, perm, eps, residual, out=None, weight_p
         _permuted_rms_norm_kernel[(rows,)](x, residual if residual is not None else x, w_out.contiguous(),
                                            narrow_permutation(perm) if perm is not None else x, y,
                                            h_out if h_out is not None else y, h, eps, PERMUTE=perm is not None,
-                                           RESIDUAL=residual is not None, BLOCK_H=block, num_warps=num_warps)
+                                           RESIDUAL=residual is not None, BLOCK_H=block,
+                                           RELOAD_ROW=block * x.element_size() > 65536 and residual is not None,
+                                           num_warps=num_warps)
     return y if residual is None else (y, h_out)
 
 

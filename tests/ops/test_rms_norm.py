@@ -176,7 +176,8 @@ def test_cuda_graph_capture():
 # ---- wide and odd rows, narrow (cached) permutations
 @needs_triton
 @pytest.mark.parametrize("h,dtype,residual", [(4097, torch.float16, True), (4097, torch.float32, False),
-                                               (28672, torch.bfloat16, True), (28672, torch.float16, False)])
+                                               (28672, torch.bfloat16, True), (28672, torch.float16, False),
+                                               (28672, torch.float32, True)])  # fp32 + residual: chunked path
 def test_wide_and_odd_hidden(h, dtype, residual):
     x = rand(2, h, dtype=dtype, seed=h)
     w = rand(h, dtype=dtype, seed=h + 1)
