@@ -10,12 +10,18 @@ Shapes: the LLaMA2-7B/13B/70B linear shapes [out, in] (4096², 11008×4096, 4096
   - ``official``:      (N:M kernels) the official RIA repository's N:M procedure, faithfully
                        re-implemented in torch: a Python loop over every column with
                        ``topk(largest=False)`` on each M-column strip (``official_ria_nm``),
-  - RMSNorm also: the Triton kernel unpermuted (``triton_unpermuted``).
+  - RMSNorm instead: (a) the same Triton kernel unpermuted (``triton_unpermuted``; the
+    permuted kernel's target is <= 1.05x its time), (b) ``torch_compile_rms_index_select``:
+    ``F.rms_norm`` in the input dtype under ``torch.compile`` followed by ``index_select``
+    (``rms_norm_index_select_baseline``, the strongest torch path a user has), (c)
+    ``torch_eager``: the float32 reference. The permutation is passed as int64, as a model
+    holds it; the kernel narrows it to int16 once (cached).
 Every kernel's output is checked against its reference on the benchmark input before it
 is timed. Median times come from ``triton.testing.do_bench`` (L2 flushed between runs).
 
 Bytes counted (the traffic each kernel must move; small per-row/column vectors ignored):
   fused N:M prune (RIA):  2 reads of W (|W| sums pass + select pass) + 1 write of W + 1 mask byte
+                          (2:4 and 4:8; targets >= 80% / >= 60% of copy, see triton_aot.md)
   fused unstructured:     2 reads of W + f32 score write + read, + mask + W write (kth select extra)
   N:M top-k on scores:    read f32 scores + 1 mask byte + f32 sum per group
   score kernel:           2 reads of W + f32 score write
@@ -41,7 +47,8 @@ from _common import bench_ms, copy_bandwidth_gbps, print_table, save_figure, wri
 from ria_kernels.ops.nm_mask import nm_topk_blocks, nm_topk_blocks_reference  # noqa: E402
 from ria_kernels.ops.prune_fused import fused_prune, fused_prune_reference  # noqa: E402
 from ria_kernels.ops.ria_score import _pruning_score_triton, pruning_score_reference  # noqa: E402
-from ria_kernels.ops.rms_norm import permuted_rms_norm, permuted_rms_norm_reference  # noqa: E402
+from ria_kernels.ops.rms_norm import (permuted_rms_norm, permuted_rms_norm_reference,  # noqa: E402
+                                      rms_norm_index_select_baseline)
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (5120, 5120), (13824, 5120), (8192, 8192),
           (28672, 8192), (8192, 28672)]
@@ -53,6 +60,10 @@ DEV = "cuda"  # "cpu" only in --smoke mode (code-path check under TRITON_INTERPR
 # mask agreement needed before timing: scores depend on the |W| sums, whose float32
 # summation order differs between the kernel and torch; a near-tie may flip (rare).
 MIN_AGREEMENT = 0.9999
+
+
+def spec_is_nm(sparsity) -> bool:
+    return isinstance(sparsity, str) and ":" in sparsity
 
 
 def official_ria_nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -148,7 +159,7 @@ def bench_fused_prune(run: Runner, shapes):
         act = torch.rand(c, device=DEV) + 0.1
         out = torch.empty_like(w)
         mask = torch.empty(r, c, device=DEV, dtype=torch.bool)
-        for sparsity in ("2:4",) + (() if run.quick else (0.5,)):
+        for sparsity in ("2:4", "4:8") + (() if run.quick else (0.5,)):
             got_w, got_m = fused_prune(w, act, "ria", 0.5, sparsity, backend="triton", out=out, mask_out=mask)
             ref_w, ref_m = fused_prune_reference(w, act, "ria", 0.5, sparsity)
             agree = float((got_m == ref_m).float().mean())
@@ -165,6 +176,8 @@ def bench_fused_prune(run: Runner, shapes):
                 extra["official_mask_agreement"] = float((off_m == got_m).float().mean())
                 del off_w, off_m
                 t["official"] = _slow(lambda: official_ria_nm(w, act, 2, 4))
+                nbytes = w.numel() * (3 * w.element_size() + 1)
+            elif spec_is_nm(sparsity):
                 nbytes = w.numel() * (3 * w.element_size() + 1)
             else:
                 nbytes = w.numel() * (3 * w.element_size() + 2 * 4 + 1)
@@ -224,10 +237,14 @@ def bench_rms_norm(run: Runner, hiddens):
             for g, e in zip(got if residual is not None else (got,), ref if residual is not None else (ref,)):
                 torch.testing.assert_close(g.float(), e.float(), rtol=2e-3, atol=2e-3)
             plain_args = {k: v for k, v in args.items() if k != "weight_permuted"}
+            base = rms_norm_index_select_baseline(x, w, perm, 1e-6, residual)
+            for g, e in zip(base if residual is not None else (base,), ref if residual is not None else (ref,)):
+                torch.testing.assert_close(g.float(), e.float(), rtol=2e-2, atol=2e-2)  # input-dtype arithmetic
             t = {"triton": bench_ms(lambda: permuted_rms_norm(x, w_p, perm, 1e-6, residual, **args)),
                  "triton_unpermuted": bench_ms(lambda: permuted_rms_norm(x, w, None, 1e-6, residual, **plain_args)),
-                 "torch_eager": bench_ms(lambda: permuted_rms_norm_reference(x, w, perm, 1e-6, residual)),
-                 "torch_compile": run.time_compiled(permuted_rms_norm_reference, x, w, perm, 1e-6, residual)}
+                 "torch_compile_rms_index_select": run.time_compiled(rms_norm_index_select_baseline, x, w, perm,
+                                                                     1e-6, residual),
+                 "torch_eager": bench_ms(lambda: permuted_rms_norm_reference(x, w, perm, 1e-6, residual))}
             nbytes = (2 if residual is None else 4) * x.numel() * x.element_size()
             run.record("rms_norm", variant, (RMS_TOKENS, h), "float16", t, nbytes)
         del x, res, out, h_out
@@ -242,26 +259,30 @@ def _ms(rows, kernel, variant, shape, impl):
 
 
 def acceptance(rows) -> dict:
-    """The issue's GPU acceptance quantities, from this run's rows."""
+    """The GPU acceptance quantities (issues 3 and 10), from this run's rows."""
     res = {}
-    tri, row = _ms(rows, "fused_prune", "2:4", ACCEPT_SHAPE, "triton")
+    for sparsity, target in (("2:4", 80), ("4:8", 60)):
+        tri, row = _ms(rows, "fused_prune", sparsity, ACCEPT_SHAPE, "triton")
+        if tri is not None:
+            res[f"fused_prune_{sparsity}_pct_copy_8192x28672"] = row["pct_copy"]
+            res[f"fused_prune_{sparsity}_pct_copy_ok (>= {target})"] = row["pct_copy"] >= target
+    tri, _ = _ms(rows, "fused_prune", "2:4", ACCEPT_SHAPE, "triton")
     off, _ = _ms(rows, "fused_prune", "2:4", ACCEPT_SHAPE, "official")
-    if tri is not None:
-        res["fused_prune_pct_copy_8192x28672"] = row["pct_copy"]
-        res["fused_prune_pct_copy_ok (>= 70)"] = row["pct_copy"] >= 70
     if tri is not None and off is not None:
         res["fused_prune_speedup_vs_official_8192x28672"] = off / tri
         res["fused_prune_speedup_ok (>= 20)"] = off / tri >= 20
-    perm, _ = _ms(rows, "rms_norm", "plain", (RMS_TOKENS, 8192), "triton")
-    if perm is None:
-        return res
-    plain, _ = _ms(rows, "rms_norm", "plain", (RMS_TOKENS, 8192), "triton_unpermuted")
-    eager, _ = _ms(rows, "rms_norm", "plain", (RMS_TOKENS, 8192), "torch_eager")
-    if perm is not None:
-        res["rms_permuted_over_unpermuted_8192x8192"] = perm / plain
-        res["rms_permuted_over_unpermuted_ok (<= 1.05)"] = perm / plain <= 1.05
-        res["rms_speedup_vs_torch_rmsnorm_index_select_8192x8192"] = eager / perm
-        res["rms_speedup_ok (>= 1.5)"] = eager / perm >= 1.5
+    for variant in ("plain", "residual"):
+        perm, _ = _ms(rows, "rms_norm", variant, (RMS_TOKENS, 8192), "triton")
+        if perm is None:
+            continue
+        plain, _ = _ms(rows, "rms_norm", variant, (RMS_TOKENS, 8192), "triton_unpermuted")
+        comp, _ = _ms(rows, "rms_norm", variant, (RMS_TOKENS, 8192), "torch_compile_rms_index_select")
+        eager, _ = _ms(rows, "rms_norm", variant, (RMS_TOKENS, 8192), "torch_eager")
+        res[f"rms_{variant}_permuted_over_unpermuted_8192x8192"] = perm / plain
+        res[f"rms_{variant}_permuted_over_unpermuted_ok (<= 1.05)"] = perm / plain <= 1.05
+        if comp is not None:
+            res[f"rms_{variant}_speedup_vs_compiled_rms_norm_index_select_8192x8192"] = comp / perm
+        res[f"rms_{variant}_speedup_vs_fp32_reference_8192x8192"] = eager / perm
     return res
 
 
@@ -271,13 +292,14 @@ def plot(rows, path: Path, gpu: str):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(19, 5))
     ax = axes[0]
-    for kernel, variant, marker in (("fused_prune", "2:4", "o"), ("fused_prune", "0.5", "s"),
+    for kernel, variant, marker in (("fused_prune", "2:4", "o"), ("fused_prune", "4:8", "D"), ("fused_prune", "0.5", "s"),
                                     ("nm_topk", "2:4", "^"), ("score", "ria", "v")):
         sel = [r for r in rows if (r["kernel"], r["variant"], r["impl"]) == (kernel, variant, "triton")]
         if sel:
             ax.plot([f"{r['rows']}x{r['cols']}" for r in sel], [r["pct_copy"] for r in sel], marker=marker,
                     label=f"{kernel} {variant}")
-    ax.axhline(70, color="grey", ls="--", lw=0.8, label="70% (acceptance, fused 2:4)")
+    ax.axhline(80, color="grey", ls="--", lw=0.8, label="80% (target, fused 2:4)")
+    ax.axhline(60, color="grey", ls=":", lw=0.8, label="60% (target, fused 4:8)")
     ax.set_ylabel("% of measured D2D copy bandwidth")
     ax.set_title("Triton kernels: achieved bandwidth")
     ax.tick_params(axis="x", rotation=45)
@@ -297,7 +319,7 @@ def plot(rows, path: Path, gpu: str):
     ax = axes[2]
     rr = [r for r in rows if r["kernel"] == "rms_norm"]
     groups = sorted({(r["cols"], r["variant"]) for r in rr})
-    impls = ("triton", "triton_unpermuted", "torch_eager", "torch_compile")
+    impls = ("triton", "triton_unpermuted", "torch_compile_rms_index_select", "torch_eager")
     for i, impl in enumerate(impls):
         vals = [next((r["median_ms"] for r in rr if (r["cols"], r["variant"], r["impl"]) == (*g, impl)), 0)
                 for g in groups]
@@ -344,7 +366,7 @@ def main() -> int:
     plot(run.rows, Path(args.out) / "kernels.png", run.gpu)
     cols = ["kernel", "variant", "rows", "cols", "impl", "median_ms", "gbps", "pct_copy", "speedup_of_triton"]
     print_table(run.rows, cols)
-    print("\nacceptance (issue 3):")
+    print("\nacceptance (issues 3 and 10):")
     for k, v in acc.items():
         print(f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}")
     return 0

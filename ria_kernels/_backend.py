@@ -5,10 +5,16 @@ Rule: an explicit ``backend=`` argument wins, then the env override
 CUDA tensors, the torch reference otherwise. Forcing ``triton`` on CPU tensors
 is allowed only under ``TRITON_INTERPRET=1`` (that is how CI tests the kernels).
 The choice is logged once per (op, backend, device type).
+
+``aot_recording()``: while the AOT gate (``scripts/check_triton_aot.py``) records
+launches, Triton is also allowed for CPU tensors; its hook on Triton's launch path
+records each launch and executes nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import torch
 
@@ -35,6 +41,21 @@ def interpret_mode() -> bool:
     return _INTERPRET_AT_IMPORT
 
 
+_AOT_RECORDING = False
+
+
+@contextlib.contextmanager
+def aot_recording() -> Iterator[None]:
+    """Let ``backend="triton"`` pass for CPU tensors: only for the AOT gate, whose hook on
+    Triton's launch path records launches instead of running them."""
+    global _AOT_RECORDING
+    previous, _AOT_RECORDING = _AOT_RECORDING, True
+    try:
+        yield
+    finally:
+        _AOT_RECORDING = previous
+
+
 def resolve_backend(op: str, tensor: torch.Tensor, backend: str | None = None) -> str:
     """Return ``"triton"`` or ``"torch"`` for running ``op`` on ``tensor``."""
     forced = backend or os.environ.get("RIA_KERNELS_BACKEND") or None
@@ -45,7 +66,7 @@ def resolve_backend(op: str, tensor: torch.Tensor, backend: str | None = None) -
         if forced == "triton":
             if not triton_available():
                 raise BackendUnavailableError(f"{op}: backend 'triton' forced but triton is not importable")
-            if tensor.device.type != "cuda" and not interpret_mode():
+            if tensor.device.type != "cuda" and not (interpret_mode() or _AOT_RECORDING):
                 raise BackendUnavailableError(
                     f"{op}: backend 'triton' forced for a {tensor.device.type} tensor; "
                     "set TRITON_INTERPRET=1 to run Triton kernels on the CPU")

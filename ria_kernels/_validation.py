@@ -78,3 +78,20 @@ def check_matrix(t: torch.Tensor, name: str, dtypes=FLOAT_DTYPES) -> None:
 def check_divisible(cols: int, m: int, name: str = "in_features") -> None:
     if cols % m != 0:
         raise RiaInputError(f"{name}={cols} is not divisible by M={m}")
+
+
+def check_act_norm(act_norm: torch.Tensor, name: str = "act_norm") -> None:
+    """An activation l2 norm must be a finite, non-negative float tensor (one device sync).
+    A negative entry would make ``act_norm ** a`` NaN and a NaN/inf would poison every score
+    of its column, so both are rejected at the entry point instead of pruning garbage."""
+    if not isinstance(act_norm, torch.Tensor) or not act_norm.dtype.is_floating_point:
+        raise RiaInputError(f"{name} must be a floating-point tensor, got "
+                            f"{getattr(act_norm, 'dtype', type(act_norm).__name__)}")
+    if act_norm.numel() == 0:
+        return
+    a = act_norm.detach()
+    bad_finite, bad_sign = (int(v) for v in torch.stack([(~torch.isfinite(a)).sum(), (a < 0).sum()]).tolist())
+    if bad_finite:
+        raise RiaInputError(f"{name} must be finite (an l2 norm per input channel), got {bad_finite} NaN/inf entries")
+    if bad_sign:
+        raise RiaInputError(f"{name} must be >= 0 (an l2 norm per input channel), got {bad_sign} negative entries")

@@ -8,7 +8,15 @@ selections follow a *stable* sort of the scores. N:M (stable descending) keeps,
 among equal scores, the **lower column index first**. Unstructured pruning
 (stable ascending, the ``k`` lowest removed) prunes, among equal scores, the
 **lower index first** (row-major flat index for the per-layer threshold).
-NaN scores are unsupported (their order is undefined).
+NaN (documented contract, kernel and reference alike): **a NaN score ranks as -inf**
+(``rank_scores``), in N:M and unstructured selection and in the retained-score sums,
+so every N:M group keeps exactly M - N and unstructured pruning removes exactly k,
+whatever the scores. Among NaN/-inf the tie rule above applies. -0.0 equals +0.0.
+
+Kernels: ``split_lanes`` turns a tile's groups into M register tensors
+(``tl.reshape`` + ``tl.split``), ``keep_lanes`` ranks them with M*(M-1)/2 compares
+(each pair once) and ``join_lanes`` puts the keep flags back: no shared memory,
+shuffles or barriers in the select (checked by ``scripts/check_triton_aot.py``).
 
 Dispatch: ``nm_topk_blocks`` goes through the custom op
 ``ria_kernels::nm_topk_blocks`` (fake impl registered, traceable by
@@ -28,13 +36,19 @@ from .._validation import check_divisible, check_matrix, check_nm, check_ratio
 
 
 # --------------------------------------------------------------------------- reference
+def rank_scores(score: torch.Tensor) -> torch.Tensor:
+    """float32 scores as ranked: NaN -> -inf (the one meaning of NaN, see the module doc)."""
+    s = score.detach().float()
+    return torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
+
+
 def nm_mask_reference(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Bool keep-mask: in each group of ``m`` consecutive columns the ``m - n`` highest scores."""
     check_nm(n, m)
     check_matrix(score, "score")
     r, c = score.shape
     check_divisible(c, m, "score.shape[1]")
-    groups = score.detach().float().reshape(r, c // m, m)
+    groups = rank_scores(score).reshape(r, c // m, m)
     order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
     mask = torch.zeros_like(groups, dtype=torch.bool)
     mask.scatter_(-1, order[..., : m - n], True)
@@ -45,7 +59,7 @@ def nm_topk_blocks_reference(score: torch.Tensor, n: int, m: int) -> tuple[torch
     """Keep-mask and, per group of ``m`` columns, the sum of the kept scores (float32)."""
     mask = nm_mask_reference(score, n, m)
     r, c = score.shape
-    kept = torch.where(mask, score.detach().float(), torch.zeros((), dtype=torch.float32, device=score.device))
+    kept = torch.where(mask, rank_scores(score), torch.zeros((), dtype=torch.float32, device=score.device))
     return mask, kept.reshape(r, c // m, m).sum(-1)
 
 
@@ -53,7 +67,7 @@ def unstructured_mask_reference(score: torch.Tensor, sparsity: float, per_output
     """Prune exactly ``floor(sparsity * count)`` lowest scores, per layer or per output row."""
     sparsity = check_ratio(sparsity)
     check_matrix(score, "score")
-    s = score.detach().float()
+    s = rank_scores(score)
     if per_output:
         k = int(s.shape[1] * sparsity)
         order = torch.sort(s, dim=1, stable=True).indices
@@ -138,58 +152,123 @@ except ImportError:  # pragma: no cover - triton is a hard dependency
 
 if triton is not None:
     @triton.jit
-    def group_rank(s, MP: tl.constexpr):
-        """``s``: [BLOCK_N, MP] scores of BLOCK_N groups (padding lanes = -inf).
-        Rank of each lane in its group = how many lanes beat it: a higher score, or an
-        equal score at a lower column index (stable descending order). One broadcast
-        compare in registers: every element is loaded once."""
-        lane = tl.arange(0, MP)
-        cand = s[:, :, None]                               # [N, MP(k), 1]
-        other = s[:, None, :]                              # [N, 1, MP(j)]
-        lower = lane[None, None, :] < lane[None, :, None]  # j < k
-        beats = (other > cand) | ((other == cand) & lower)
-        return tl.sum(beats.to(tl.int32), axis=2)
+    def split_lanes(x, MP: tl.constexpr):
+        """``x`` [N, MP] (MP a power of two) -> tuple of MP tensors [N], lane order.
+        ``tl.reshape`` + ``tl.split`` halve the last axis; each thread owns whole groups,
+        so this is a renaming of registers: no shared memory, shuffles or barriers."""
+        N: tl.constexpr = x.shape[0]
+        if MP == 2:
+            a, b = tl.split(x)
+            return (a, b)
+        else:
+            even, odd = tl.split(tl.reshape(x, (N, MP // 2, 2)))  # lanes 0,2,4.. and 1,3,5..
+            e = split_lanes(even, MP // 2)
+            o = split_lanes(odd, MP // 2)
+            lanes = ()
+            for i in tl.static_range(MP // 2):
+                lanes = lanes + (e[i], o[i])
+            return lanes
 
     @triton.jit
-    def group_tile(R, G, M: tl.constexpr, MP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
-        """Indices of this program's tile: BLOCK_R rows x BLOCK_G groups flattened to BLOCK_R*BLOCK_G
-        (row-major, so consecutive entries are consecutive groups of one row: contiguous loads),
-        MP lanes per group. Returns rows, groups, ok [n], valid [n, MP], col [n, MP], rows64 [n, 1]."""
-        n = tl.arange(0, BLOCK_R * BLOCK_G)
-        rows = tl.program_id(0) * BLOCK_R + n // BLOCK_G
-        groups = tl.program_id(1) * BLOCK_G + n % BLOCK_G
-        lane = tl.arange(0, MP)
-        ok = (rows < R) & (groups < G)
-        valid = ok[:, None] & (lane[None, :] < M)
-        col = groups[:, None] * M + lane[None, :]
-        return rows, groups, ok, valid, col, rows.to(tl.int64)[:, None]
+    def join_lanes(lanes, MP: tl.constexpr):
+        """Inverse of ``split_lanes``: tuple of MP tensors [N] -> [N, MP]."""
+        if MP == 2:
+            return tl.join(lanes[0], lanes[1])
+        else:
+            even = ()
+            odd = ()
+            for i in tl.static_range(MP // 2):
+                even = even + (lanes[2 * i],)
+                odd = odd + (lanes[2 * i + 1],)
+            e = join_lanes(even, MP // 2)
+            o = join_lanes(odd, MP // 2)
+            return tl.reshape(tl.join(e, o), (e.shape[0], MP))
 
     @triton.jit
-    def _nm_topk_kernel(score_ptr, mask_ptr, sum_ptr, R, G, stride_r,
+    def keep_lanes(lanes, MP: tl.constexpr, KEEP: tl.constexpr):
+        """Keep flags (int8) of one group held as MP register tensors: lane k is kept when
+        fewer than KEEP lanes beat it. j beats k: s_j > s_k, or s_j == s_k and j < k (the
+        stable descending order). Each pair is compared once (``lanes[b] > lanes[a]`` for
+        a < b, shared by both ranks): MP*(MP-1)/2 compares, all in registers. Inputs must
+        be NaN-free (see ``rank_key``), so "not (b > a)" means "a >= b"."""
+        keep = ()
+        for k in tl.static_range(MP):
+            beaten = tl.zeros(lanes[k].shape, dtype=tl.int32)
+            for j in tl.static_range(MP):
+                if j < k:
+                    beaten += 1 - (lanes[k] > lanes[j]).to(tl.int32)
+                elif j > k:
+                    beaten += (lanes[j] > lanes[k]).to(tl.int32)
+            keep = keep + ((beaten < KEEP).to(tl.int8),)
+        return keep
+
+    @triton.jit
+    def rank_key(s):
+        """The one meaning of NaN in a ranking: NaN ranks as -inf (ties with -inf go to the
+        lower column index), so every group keeps exactly M - N whatever the scores."""
+        return tl.where(s != s, float("-inf"), s)
+
+    @triton.jit
+    def nm_keep_tile(s, MP: tl.constexpr, KEEP: tl.constexpr):
+        """``s`` [BR, BW] NaN-free float32 scores, BW a multiple of MP, every MP consecutive
+        columns one group -> (keep int8 [BR, BW], tuple of MP lanes of s, tuple of MP keep flags)."""
+        BR: tl.constexpr = s.shape[0]
+        BW: tl.constexpr = s.shape[1]
+        lanes = split_lanes(tl.reshape(s, (BR * BW // MP, MP)), MP)
+        keep = keep_lanes(lanes, MP, KEEP)
+        return tl.reshape(join_lanes(keep, MP), (BR, BW)), lanes, keep
+
+    @triton.jit
+    def nm_tile_offsets(R, C, M: tl.constexpr, MP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+        """This program's [BLOCK_R, BLOCK_W] tile: BLOCK_W // MP groups of MP lanes per row.
+        M == MP: the tile is BLOCK_W contiguous columns (vector loads). M < MP (M not a
+        power of two): group g's lane l is column g*M + l; lanes >= M are padding (masked).
+        Returns rows [BLOCK_R], cols [BLOCK_W], valid [BLOCK_R, BLOCK_W]."""
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        n = tl.arange(0, BLOCK_W)
+        if M == MP:
+            cols = tl.program_id(1) * BLOCK_W + n
+            col_ok = cols < C
+        else:
+            cols = (tl.program_id(1) * (BLOCK_W // MP) + n // MP) * M + n % MP
+            col_ok = (cols < C) & (n % MP < M)
+        valid = (rows[:, None] < R) & col_ok[None, :]
+        return rows, cols, valid
+
+    @triton.jit
+    def _nm_topk_kernel(score_ptr, mask_ptr, sum_ptr, R, C, G, stride_r,
                         KEEP: tl.constexpr, M: tl.constexpr, MP: tl.constexpr,
-                        BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr, WRITE_SUM: tl.constexpr):
-        rows, groups, ok, valid, col, rows64 = group_tile(R, G, M, MP, BLOCK_R, BLOCK_G)
-        s = tl.load(score_ptr + rows64 * stride_r + col, mask=valid, other=float("-inf")).to(tl.float32)
-        keep = (group_rank(s, MP) < KEEP) & valid
-        tl.store(mask_ptr + rows64 * (G * M) + col, keep.to(tl.int8), mask=valid)
+                        BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, WRITE_SUM: tl.constexpr):
+        rows, cols, valid = nm_tile_offsets(R, C, M, MP, BLOCK_R, BLOCK_W)
+        rows64 = rows.to(tl.int64)[:, None]
+        s = tl.load(score_ptr + rows64 * stride_r + cols[None, :], mask=valid, other=float("-inf"))
+        s = rank_key(s.to(tl.float32))  # padding lanes are -inf at a higher lane: never beat a real one
+        keep, lanes, flags = nm_keep_tile(s, MP, KEEP)
+        tl.store(mask_ptr + rows64 * C + cols[None, :], keep, mask=valid)
         if WRITE_SUM:
-            total = tl.sum(tl.where(keep, s, 0.0), axis=1)
-            tl.store(sum_ptr + rows.to(tl.int64) * G + groups, total, mask=ok)
+            total = tl.where(flags[0] != 0, lanes[0], 0.0)
+            for k in tl.static_range(1, MP):
+                total += tl.where(flags[k] != 0, lanes[k], 0.0)
+            total = tl.reshape(total, (BLOCK_R, BLOCK_W // MP))
+            groups = tl.program_id(1) * (BLOCK_W // MP) + tl.arange(0, BLOCK_W // MP)
+            ok = (rows[:, None] < R) & (groups[None, :] < G)
+            tl.store(sum_ptr + rows64 * G + groups[None, :], total, mask=ok)
 
 
-def nm_tile(r: int, g: int, m: int) -> tuple[int, int, int, int]:
-    """(MP, BLOCK_R, BLOCK_G, num_warps) for the N:M kernels.
+def nm_tile(r: int, c: int, m: int, elem_size: int = 4) -> tuple[int, int, int, int]:
+    """(MP, BLOCK_R, BLOCK_W, num_warps) for the N:M kernels.
 
-    MP = M rounded up to a power of two (padding lanes are masked). BLOCK_N groups per
-    program keep the loaded tile near 1K elements and the [BLOCK_N, MP, MP] rank compare
-    at <= 8K elements (registers; the compare is the only O(M^2) work). Prediction, to be
-    measured: memory-bound for M <= 8 at ~80-90% of copy bandwidth; M = 16 may turn
-    ALU-bound (256 compares per group)."""
+    MP = M rounded up to a power of two. A program owns BLOCK_R rows x BLOCK_W columns
+    (BLOCK_W // MP groups per row, 256 columns when the matrix is that wide), 4 warps. Each
+    thread holds max(MP, one 16-byte vector) elements: it must own whole groups for the
+    register ranking, and with exactly one vector per thread the compiler gives the loads
+    and every store (input dtype, int8 mask) the same layout, so no shared-memory layout
+    conversion is needed. Ranking costs M*(M-1)/2 compares per group."""
     mp = triton.next_power_of_2(m)
-    block_n = max(1, min(1024 // mp, 8192 // (mp * mp)))
-    block_g = min(block_n, triton.next_power_of_2(max(g, 1)))
-    block_r = block_n // block_g
-    return mp, block_r, block_g, 4
+    width = min(256, triton.next_power_of_2(max(c // m, 1)) * mp)
+    elems = 128 * max(mp, 16 // elem_size)
+    block_r = max(1, min(elems // width, triton.next_power_of_2(max(r, 1))))
+    return mp, block_r, width, 4
 
 
 def _nm_topk_triton(score: torch.Tensor, n: int, m: int, *, with_sums: bool = True,
@@ -205,10 +284,10 @@ def _nm_topk_triton(score: torch.Tensor, n: int, m: int, *, with_sums: bool = Tr
         sums = torch.empty((r, g), dtype=torch.float32, device=score.device) if sums_out is None else sums_out
     if r == 0 or c == 0:
         return mask, (sums if with_sums else None)
-    mp, block_r, block_g, warps = nm_tile(r, g, m)
-    grid = (triton.cdiv(r, block_r), triton.cdiv(g, block_g))
-    _nm_topk_kernel[grid](score, mask.view(torch.int8), sums if with_sums else mask, r, g, score.stride(0),
-                          KEEP=m - n, M=m, MP=mp, BLOCK_R=block_r, BLOCK_G=block_g, WRITE_SUM=with_sums,
+    mp, block_r, block_w, warps = nm_tile(r, c, m, score.element_size())
+    grid = (triton.cdiv(r, block_r), triton.cdiv(g, block_w // mp))
+    _nm_topk_kernel[grid](score, mask.view(torch.int8), sums if with_sums else mask, r, c, g, score.stride(0),
+                          KEEP=m - n, M=m, MP=mp, BLOCK_R=block_r, BLOCK_W=block_w, WRITE_SUM=with_sums,
                           num_warps=warps)
     return mask, sums
 
@@ -267,6 +346,28 @@ def _unstructured_mask_triton(score, sparsity, per_output):
     # Selection needs a global (or per-row) order statistic: done on device with a
     # radix select (per layer) / kthvalue (per row) + a tie fix-up, no sort; the scores
     # themselves come from the Triton score kernel in ops/ria_score.py.
-    s = score.detach().float()
+    s = rank_scores(score)
     k = int(s.shape[1] * sparsity) if per_output else int(s.numel() * sparsity)
     return threshold_mask(s, k, 1 if per_output else None)
+
+
+# --------------------------------------------------------------------------- AOT gate cases
+def aot_cases():
+    """Launch configurations for ``scripts/check_triton_aot.py`` (recorded, never run): the public
+    ``nm_topk_blocks`` / ``nm_mask`` on benchmark and odd shapes, M = 4/8/16, score dtypes."""
+    _dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+    def case(shape, dtype, n, m, sums=True):
+        def run():
+            s = torch.empty(shape, dtype=_dt[dtype])
+            return nm_topk_blocks(s, n, m, backend="triton") if sums else nm_mask(s, n, m, backend="triton")
+        return f"nm_{'topk' if sums else 'mask'} {n}:{m} {dtype} {shape[0]}x{shape[1]}", run
+
+    for shape in ((8192, 28672), (28672, 8192), (4096, 4096), (7, 48), (1, 16)):
+        for n, m in ((2, 4), (4, 8), (8, 16)):
+            if shape[1] % m == 0:
+                yield case(shape, "fp32", n, m)
+    yield case((8192, 28672), "fp16", 2, 4)
+    yield case((8192, 28672), "bf16", 2, 4)
+    yield case((8192, 28672), "fp32", 2, 4, sums=False)
+    yield case((7, 48), "fp32", 1, 4, sums=False)

@@ -146,3 +146,61 @@ def test_custom_op_opcheck_and_compile(backend):
     ref_mask, ref_sums = nm_topk_blocks_reference(s, 2, 4)
     assert torch.equal(mask, ref_mask)
     torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)
+
+
+# ---- NaN / inf / -0.0: one meaning (NaN ranks as -inf), every group keeps exactly M - N
+@needs_triton
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (8, 16), (1, 3)])
+def test_nan_inf_scores_keep_exactly_m_minus_n(n, m):
+    s = rand(7, 4 * m, seed=m + 40)
+    s[0, :m] = float("nan")                      # a group of NaN only: lower columns kept
+    s[1, 1] = float("nan")                       # one NaN among finite scores: pruned first
+    s[2, :m] = float("-inf")
+    s[2, 0] = float("nan")                       # NaN ties with -inf: the lower column index wins
+    s[3, m:2 * m] = float("inf")                 # all +inf: ties
+    s[4, 2 * m] = float("nan")
+    s[4, 2 * m + 1] = float("inf")
+    s[5, :] = torch.where(torch.arange(4 * m) % 2 == 0, -0.0, 0.0)  # -0.0 == +0.0: lower index wins
+    mask_out, sums_out = poisoned((7, 4 * m), torch.bool), poisoned((7, 4), torch.float32)
+    mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
+    ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
+    assert_mask_written(mask, ref_mask)
+    assert bool((mask.reshape(7, 4, m).sum(-1) == m - n).all())
+    assert bool(mask[0, : m - n].all()) and not bool(mask[0, m - n:m].any())
+    assert not bool(mask[1, 1])
+    assert bool(mask[2, 0]) == (m - n >= 1)      # lane 0 (NaN) ties -inf and is the lowest index
+    assert bool(mask[5].reshape(4, m)[:, : m - n].all())
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)  # -inf where a NaN/-inf is kept
+
+
+def test_nan_reference_ranks_nan_as_minus_inf():
+    s = torch.tensor([[float("nan"), 1.0, float("-inf"), 0.5]])
+    assert nm_mask_reference(s, 2, 4).tolist() == [[False, True, False, True]]
+    assert nm_mask_reference(torch.tensor([[float("nan"), float("-inf"), 0.0, float("nan")]]), 1, 4).tolist() == \
+        [[True, True, True, False]]
+
+
+@needs_triton
+@pytest.mark.parametrize("per_output", [False, True])
+def test_unstructured_with_nan_prunes_exactly_k(per_output):
+    s = rand(9, 20, seed=5)
+    s[1, 3] = float("nan")
+    s[4, :5] = float("nan")
+    s[6, 7] = float("inf")
+    got = unstructured_mask(s, 0.4, per_output, backend="triton")
+    assert torch.equal(got, unstructured_mask_reference(s, 0.4, per_output))
+    assert not bool(got[1, 3]) and not bool(got[4, :5].any())  # NaN ranks lowest: pruned first
+    if per_output:
+        assert bool(((~got).sum(1) == 8).all())
+    else:
+        assert int((~got).sum()) == int(9 * 20 * 0.4)
+
+
+@needs_triton
+@pytest.mark.parametrize("shape,n,m", [((1, 12), 2, 4), ((1, 9), 1, 3), ((3, 15), 2, 5), ((1, 16), 8, 16)])
+def test_single_row_and_odd_widths(shape, n, m):
+    s = rand(*shape, seed=shape[1])
+    mask, sums = nm_topk_blocks(s, n, m, backend="triton")
+    ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)

@@ -110,3 +110,44 @@ def test_custom_op_opcheck_and_compile(backend):
     got_w, got_m = fn(w, act)
     ref_w, ref_m = fused_prune_reference(w, act, "ria", 0.5, "2:4")
     assert torch.equal(got_m, ref_m) and torch.equal(got_w, ref_w)
+
+
+# ---- NaN / inf: bad act_norm is rejected; NaN scores from the weight keep the N:M pattern
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_issue_repro_inf_act_norm_rejected(backend):
+    w = torch.tensor([[0., 1., 2., 3.]], dtype=torch.float16, device=DEVICE)
+    act = torch.tensor([float("inf"), 1., 1., 1.], device=DEVICE)
+    with pytest.raises(RiaInputError, match="act_norm must be finite"):
+        fused_prune(w, act, "wanda", 0.5, "2:4", backend=backend)
+    with pytest.raises(RiaInputError, match="act_norm must be >= 0"):
+        fused_prune(w, -act.clamp(max=1), "ria", 0.5, "2:4", backend=backend)
+    with pytest.raises(RiaInputError, match="act_norm must be finite"):
+        fused_prune(w, act, "ria", 0.5, 0.5, backend=backend, out=torch.empty_like(w))
+
+
+@needs_triton
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("sparsity", ["2:4", "4:8", "8:16"])
+def test_nan_inf_weights_keep_pattern(method, sparsity):
+    n, m = (int(v) for v in sparsity.split(":"))
+    w = rand(5, 4 * m, dtype=torch.float16, seed=m)
+    w[0, 1] = float("nan")
+    w[1, :m] = float("nan")                    # a whole group of NaN scores
+    w[2, 0] = float("inf")                     # inf weight: RI/RIA sums become inf, scores NaN/0
+    w[3, :] = torch.where(torch.arange(4 * m, device=DEVICE) % 2 == 0, -0.0, 0.0).half()  # +-0 ties
+    act = rand(4 * m, seed=m + 1).abs() + 0.01
+    out, mask_out = poisoned(w.shape, torch.float16), poisoned(w.shape, torch.bool)
+    got_w, got_m = fused_prune(w, act, method, 0.5, sparsity, backend="triton", out=out, mask_out=mask_out)
+    ref_w, ref_m = fused_prune_reference(w, act, method, 0.5, sparsity)
+    assert_mask_written(got_m, ref_m)
+    assert bool((got_m.reshape(5, 4, m).sum(-1) == m - n).all())
+    torch.testing.assert_close(got_w, ref_w, equal_nan=True, rtol=0, atol=0)
+
+
+@needs_triton
+@pytest.mark.parametrize("shape,sparsity", [((1, 4), "2:4"), ((1, 18), "2:6"), ((3, 10), "1:5"), ((1, 48), "8:16")])
+def test_single_row_and_odd_widths(shape, sparsity):
+    w, act = _inputs(shape, torch.bfloat16, shape[1])
+    got_w, got_m = fused_prune(w, act, "ria", 0.5, sparsity, backend="triton")
+    ref_w, ref_m = fused_prune_reference(w, act, "ria", 0.5, sparsity)
+    assert torch.equal(got_m, ref_m) and torch.equal(got_w, ref_w)

@@ -100,3 +100,25 @@ def test_bad_inputs():
         pruning_score(w, rand(7).abs(), "ria")
     with pytest.raises(RiaInputError, match="backend must be one of"):
         pruning_score(w, None, "magnitude", backend="cuda")
+
+
+# ---- act_norm must be finite and >= 0 in every public entry that takes it
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("bad,match", [(-1.0, ">= 0"), (float("nan"), "finite"), (float("inf"), "finite")])
+def test_bad_act_norm_raises(backend, bad, match):
+    w = rand(4, 8, seed=1)
+    act = rand(8, seed=2).abs()
+    act[3] = bad
+    with pytest.raises(RiaInputError, match=f"act_norm must be {match}"):
+        ria_score(w, act, backend=backend)
+    for method in ("wanda", "ria"):
+        with pytest.raises(RiaInputError, match="act_norm"):
+            pruning_score(w, act, method, backend=backend)
+    with pytest.raises(RiaInputError, match="act_norm must be >= 0"):
+        ria_score(w, -torch.rand(8, device=DEVICE), backend=backend)  # the repro
+
+
+def test_zero_act_norm_is_valid():
+    w = rand(4, 8, seed=1)
+    got = ria_score(w, torch.zeros(8, device=DEVICE), backend="torch")
+    assert torch.equal(got, torch.zeros_like(got))

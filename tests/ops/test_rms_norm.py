@@ -90,7 +90,7 @@ def test_bad_inputs():
         permuted_rms_norm(x, w, torch.arange(1, 9, device=x.device))
     with pytest.raises(RiaInputError, match=r"perm must have shape \[8\]"):
         permuted_rms_norm(x, w, torch.arange(7, device=x.device))
-    with pytest.raises(RiaInputError, match="perm must be int32/int64"):
+    with pytest.raises(RiaInputError, match="perm must be int16/int32/int64"):
         permuted_rms_norm(x, w, torch.arange(8, device=x.device).float())
     with pytest.raises(RiaInputError, match="weight must have shape"):
         permuted_rms_norm(x, rand(7))
@@ -171,3 +171,54 @@ def test_cuda_graph_capture():
     for _ in range(3):
         got = fn(x, r)
     assert torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1])
+
+
+# ---- wide and odd rows, narrow (cached) permutations
+@needs_triton
+@pytest.mark.parametrize("h,dtype,residual", [(4097, torch.float16, True), (4097, torch.float32, False),
+                                               (28672, torch.bfloat16, True), (28672, torch.float16, False),
+                                               (28672, torch.float32, True)])  # fp32 + residual: chunked path
+def test_wide_and_odd_hidden(h, dtype, residual):
+    x = rand(2, h, dtype=dtype, seed=h)
+    w = rand(h, dtype=dtype, seed=h + 1)
+    r = rand(2, h, dtype=dtype, seed=h + 2) if residual else None
+    perm = torch.randperm(h, generator=torch.Generator().manual_seed(h)).to(DEVICE)
+    out = poisoned((2, h), dtype)
+    res_out = poisoned((2, h), dtype) if residual else None
+    got = permuted_rms_norm(x, w, perm, 1e-6, r, backend="triton", out=out, residual_out=res_out)
+    y = got[0] if residual else got
+    ry, rh = _ref64(x, w, perm, 1e-6, r)
+    rtol, atol = TOL["rms_norm"][dtype]
+    torch.testing.assert_close(y.double(), ry, rtol=rtol, atol=atol)
+    if residual:
+        torch.testing.assert_close(got[1], rh, rtol=2 ** -7 if dtype == torch.bfloat16 else 0, atol=0)
+
+
+@needs_triton
+@pytest.mark.parametrize("perm_dtype", [torch.int16, torch.int32, torch.int64])
+def test_perm_dtypes_give_the_same_bits(perm_dtype):
+    x, w = rand(5, 96, dtype=torch.float16, seed=3), rand(96, dtype=torch.float16, seed=4)
+    perm = torch.randperm(96, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    ref = permuted_rms_norm(x, w, perm, backend="triton")
+    assert torch.equal(permuted_rms_norm(x, w, perm.to(perm_dtype), backend="triton"), ref)
+
+
+def test_narrow_permutation_cached_and_invalidated():
+    from ria_kernels.ops.rms_norm import narrow_permutation
+    perm = torch.randperm(64)
+    a = narrow_permutation(perm)
+    assert a.dtype == torch.int16 and torch.equal(a.long(), perm)
+    assert narrow_permutation(perm) is a                 # converted once
+    perm.copy_(perm.flip(0))                             # in-place change: the cache sees the new version
+    b = narrow_permutation(perm)
+    assert b is not a and torch.equal(b.long(), perm)
+    big = torch.arange(40000)
+    assert narrow_permutation(big).dtype == torch.int32
+    i16 = perm.to(torch.int16)
+    assert narrow_permutation(i16) is i16
+
+
+def test_int16_perm_rejected_above_32768():
+    x, w = torch.zeros(1, 32769), torch.ones(32769)
+    with pytest.raises(RiaInputError, match="int32/int64 for hidden size 32769"):
+        permuted_rms_norm(x, w, torch.zeros(32769, dtype=torch.int16), validate=False)
