@@ -247,3 +247,14 @@ def test_solver_recorded_and_env(monkeypatch):
     assert channel_permutation(s, 2, 4).solver == "auction"
     with pytest.raises(RiaInputError, match="solver"):
         channel_permutation(s, 2, 4, solver="greedy")
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4), (3, 4)])
+def test_retained_score_and_kth_largest(n, m):
+    s = _score(37, 16 * m, seed=n * m)
+    perm = torch.randperm(16 * m, generator=torch.Generator().manual_seed(1))
+    ref = float(nm_topk_blocks_reference(s[:, perm].contiguous(), n, m)[1].double().sum())
+    assert retained_score(s, n, m, perm) == pytest.approx(ref, rel=1e-6)
+    v = s.reshape(37, 16, m)[..., : m - 1]
+    for k in range(1, m):
+        assert torch.equal(P._kth_largest(v, k), torch.topk(v, k, dim=-1).values[..., k - 1])
