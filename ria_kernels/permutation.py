@@ -49,7 +49,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from ._backend import interpret_mode, resolve_backend, triton_available
+from ._backend import resolve_backend
 from ._errors import BackendUnavailableError, RiaInputError
 from ._logging import log_once
 from ._validation import check_divisible, check_matrix, check_nm
