@@ -1,25 +1,32 @@
-"""Channel-permutation time, like the RIA paper's Table A6 (A100: 6.2 / 8.1 / 11.5 / 15.3 s
-for 4096² / 5120² / 6656² / 8192², 2:4, reallocation + LSA).
+"""Channel-permutation search time per stage, like the RIA paper's Table A6 (A100: 6.2 / 8.1 /
+11.5 / 15.3 s for 4096² / 5120² / 6656² / 8192², 2:4, reallocation + LSA).
 
-Rows: ria_kernels.channel_permutation (full LSA, and the fast variant with blocks=4/16)
-once per LSA solver (``--solvers``, default ``auction,scipy``; see ``ria_kernels.lsa``),
-with the retained score and its gap to the scipy (exact per round) search, and a
-faithful torch port of the official procedure's cost computation — a Python loop over
-blocks, each building its column of the cost matrix with topk — run in the same
-process. The official loop is timed on one LSA round and multiplied by M (the number
-of rounds); the row says so. Every configuration is timed once (after one warm-up
-call per solver on a small matrix): the scipy search at 8192 takes tens of seconds.
-With ``--quick`` (sizes 4096 and 8192) the scipy full search (blocks=1) runs only for
-sizes <= 4096; the skipped rows say so. The last line is the acceptance check: full
-8192x8192 permutation (allocation + all LSA rounds, blocks=1) with the default solver
-vs the 1.0 s target.
+Per size and N:M pattern, one row for ``ria_kernels.channel_permutation`` (allocation + all LSA
+rounds, blocks=1, the automatic gain backend and LSA solver unless ``--solvers`` names others)
+with its time per stage (allocation, prepare = per-round gathers and K-th largest, gain, LSA,
+acceptance), the retained score (identity / allocation / after LSA) and the improvement over
+the identity; and one row for the official algorithm on the same matrix where its size is
+<= ``--official-max``: a re-implementation (written for this benchmark from the paper's App. G
+description, not imported) that, for every round, builds the cost matrix with a Python loop over
+the blocks (each block's column = retained N:M score with every candidate swapped in, by topk),
+solves it with scipy and applies the assignment. ``paper_a100_s`` is Table A6's figure where the
+paper has one. Each configuration is timed once, after a warm-up call that loads (or builds) the
+native CPU gain kernel and the solver; the cold build time of the native kernel is recorded too.
 
-    python benchmarks/bench_permutation.py --out benchmarks/results [--quick] [--solvers auction,scipy]
+Matrices: heavy-tailed synthetic RIA-like scores ``rand(r, c) * rand(c)**3`` (rows = columns =
+size), seeded by size. Acceptance rows (CPU, issue #14): 4096² 2:4 <= 5 s and 8192² 2:4 <= 30 s
+on a 2-core CPU; (GPU) 8192² 2:4 <= 2 s.
+
+    python benchmarks/bench_permutation.py --out benchmarks/results            # CPU or GPU, defaults
+    python benchmarks/bench_permutation.py --dry-run                           # print the plan only
 """
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,147 +37,224 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import print_table, write_rows  # noqa: E402
 
-from ria_kernels.lsa import SOLVERS, resolve_solver  # noqa: E402
-from ria_kernels.permutation import channel_permutation, heuristic_allocation  # noqa: E402
-
 PAPER_A100_S = {4096: 6.2, 5120: 8.1, 6656: 11.5, 8192: 15.3}
-TARGET_S = 1.0          # issue target: full 8192x8192 permutation on an H100
-QUICK_SIZES = "4096,8192"
-QUICK_SCIPY_FULL_MAX = 4096  # --quick: scipy full search (blocks=1) only up to this size
+DEFAULT_SIZES = {"cuda": "1024,2048,4096,8192", "cpu": "1024,2048,4096"}
+OFFICIAL_MAX = {"cuda": 8192, "cpu": 1024}   # the official loop took 15 s at 1024², 178 s at 2048² on the CPU
+TARGETS_S = {"cpu": {(4096, "2:4"): 5.0, (8192, "2:4"): 30.0}, "cuda": {(8192, "2:4"): 2.0}}
 
 
-def official_cost_round(score, perm, n, m, p):
-    """One round's cost matrix as the official code builds it: for every block, the
-    retained N:M score with each candidate swapped in (loop over blocks)."""
+def make_score(size: int, device: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(size)
+    score = torch.rand(size, size, generator=g) * torch.rand(size, generator=g) ** 3
+    return score.to(device)
+
+
+def official_search(score: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, float]:
+    """The official procedure (heuristic reallocation, then M LSA rounds, cost matrix built one
+    block at a time); returns (perm, retained)."""
+    from scipy.optimize import linear_sum_assignment
+    from ria_kernels.permutation import heuristic_allocation, retained_score
     r, c = score.shape
-    g = c // m
-    grid = perm.reshape(g, m)
-    cand = grid[:, p]
-    cost = torch.empty(g, g, device=score.device)
-    for b in range(g):
-        others = torch.cat([grid[b, :p], grid[b, p + 1:]])
-        fixed = score[:, others]  # [r, m-1]
-        trial = torch.cat([fixed[:, None, :].expand(r, g, m - 1), score[:, cand][:, :, None]], dim=2)
-        cost[:, b] = torch.topk(trial, m - n, dim=-1).values.sum(-1).sum(0)
-    torch.cuda.synchronize()
-    return cost
+    g, keep = c // m, m - n
+    perm = heuristic_allocation(score, m)
+    for p in range(m):
+        grid = perm.reshape(g, m)
+        cand = grid[:, p]
+        cand_scores = score[:, cand]                        # [r, g]
+        cost = torch.empty(g, g, device=score.device)
+        for b in range(g):
+            fixed = score[:, torch.cat([grid[b, :p], grid[b, p + 1:]])]   # [r, m-1]
+            trial = torch.cat([fixed[:, None, :].expand(r, g, m - 1), cand_scores[:, :, None]], dim=2)
+            cost[:, b] = torch.topk(trial, keep, dim=-1).values.sum(-1).sum(0)
+        rows, cols = linear_sum_assignment(cost.cpu().numpy(), maximize=True)
+        new_cand = cand.clone()
+        new_cand[torch.as_tensor(cols, device=cand.device)] = cand[torch.as_tensor(rows, device=cand.device)]
+        grid = grid.clone()
+        grid[:, p] = new_cand
+        perm = grid.reshape(-1)
+    return perm, retained_score(score, n, m, perm)
 
 
-def sync_time(fn):
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t, out
+def plan(device: str, sizes: list[int], patterns: list[tuple[int, int]], solvers: list[str], official_max: int,
+         acceptance: bool) -> list[dict]:
+    cases = []
+    for size in sizes:
+        for n, m in patterns:
+            for solver in solvers:
+                cases.append({"size": size, "pattern": f"{n}:{m}", "method": "ria_kernels", "solver": solver})
+            if size <= official_max:
+                cases.append({"size": size, "pattern": f"{n}:{m}", "method": "official (re-implemented)",
+                              "solver": "scipy"})
+    for (size, pat), target in TARGETS_S[device].items():
+        if acceptance and not any(c["size"] == size and c["pattern"] == pat and c["method"] == "ria_kernels"
+                                  for c in cases):
+            cases.append({"size": size, "pattern": pat, "method": "ria_kernels", "solver": solvers[0],
+                          "note": "acceptance row"})
+    return cases
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        info["loadavg"] = open("/proc/loadavg").read().split()[:3]
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--sizes", default="4096,5120,6656,8192")
-    ap.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES} only; scipy full search "
-                    f"(blocks=1) only for sizes <= {QUICK_SCIPY_FULL_MAX}")
-    ap.add_argument("--solvers", default="auction,scipy", help=f"comma list of LSA solvers out of {SOLVERS}")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--sizes", default=None, help="comma list (default: GPU 1024..8192, CPU 1024..4096)")
+    ap.add_argument("--patterns", default="2:4,4:8")
+    ap.add_argument("--solvers", default="auto", help="comma list of LSA solvers (auto, lapjv, scipy, auction)")
+    ap.add_argument("--official-max", type=int, default=None,
+                    help="largest size the official algorithm is timed at (default: GPU 8192, CPU 1024)")
+    ap.add_argument("--no-acceptance", action="store_true", help="skip the acceptance rows (CPU: 8192² 2:4)")
+    ap.add_argument("--name", default=None, help="result file stem (default permutation_<device>)")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     args = ap.parse_args()
-    solvers = [x.strip().lower() for x in args.solvers.split(",") if x.strip()]
-    bad = [x for x in solvers if x not in SOLVERS]
-    if bad or not solvers:
-        ap.error(f"--solvers must be a comma list out of {SOLVERS}, got {args.solvers!r}")
-    sizes = [int(x) for x in (QUICK_SIZES if args.quick else args.sizes).split(",")]
-    if not torch.cuda.is_available():
-        print("bench_permutation: needs a CUDA GPU; nothing measured")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        ap.error(f"--device must be auto, cpu or cuda, got {args.device!r}")
+    sizes = [int(x) for x in (args.sizes or DEFAULT_SIZES[device]).split(",") if x.strip()]
+    patterns = [tuple(int(v) for v in p.split(":")) for p in args.patterns.split(",") if p.strip()]
+    solvers = [s.strip().lower() for s in args.solvers.split(",") if s.strip()]
+    official_max = OFFICIAL_MAX[device] if args.official_max is None else args.official_max
+    cases = plan(device, sizes, patterns, solvers, official_max, not args.no_acceptance)
+    name = args.name or f"permutation_{device}"
+    print(f"bench_permutation: device={device}, {len(cases)} cases -> {Path(args.out) / (name + '.json')}")
+    for c in cases:
+        print(f"  {c['size']:>5}² {c['pattern']}  {c['method']:<26} solver={c['solver']} {c.get('note', '')}")
+    if args.dry_run:
+        return 0
+    if device == "cuda" and not torch.cuda.is_available():
+        print("bench_permutation: --device cuda but no CUDA GPU; nothing measured")
         return 1
-    rows = []
-    for solver in solvers:  # compile the gain kernel / warm the solver outside the timings
-        channel_permutation(torch.rand(256, 256, device="cuda"), 2, 4, solver=solver)
-    for size in sizes:
-        g = torch.Generator(device="cuda").manual_seed(size)
-        score = torch.rand(size, size, device="cuda", generator=g) * \
-            torch.rand(size, device="cuda", generator=g) ** 3  # heavy-tailed channels, like RIA scores
-        for blocks in (1, 4, 16):
-            by_solver = {}
-            for solver in solvers:
-                row = {"size": size, "method": "ria_kernels", "solver": solver, "blocks": blocks,
-                       "paper_a100_s": PAPER_A100_S.get(size)}
-                if args.quick and solver == "scipy" and blocks == 1 and size > QUICK_SCIPY_FULL_MAX:
-                    row["note"] = f"skipped (--quick: scipy full search only for sizes <= {QUICK_SCIPY_FULL_MAX})"
-                    rows.append(row)
-                    print(row, flush=True)
-                    continue
-                t, res = sync_time(lambda: channel_permutation(score, 2, 4, blocks=blocks, solver=solver))
-                ident = res.retained["identity"]
-                row.update({"time_s": t, "retained_identity": ident,
-                            "retained_allocation": res.retained["allocation"],
-                            "retained_lsa": res.retained["lsa"],
-                            "gain_pct": 100 * (res.retained["lsa"] - ident) / ident,
-                            "note": "timed once"})
-                by_solver[solver] = row
-                rows.append(row)
-                print(row, flush=True)
-            if "scipy" in by_solver:
-                ref = by_solver["scipy"]["retained_lsa"]
-                for row in by_solver.values():
-                    # > 0: this solver's search retained less than the scipy search
-                    row["gap_vs_scipy_pct"] = 100 * (ref - row["retained_lsa"]) / ref
-        perm = heuristic_allocation(score, 4)
-        t1, _ = sync_time(lambda: official_cost_round(score, perm, 2, 4, 0))
-        rows.append({"size": size, "method": "official_loop_port (1 round timed, x4)", "blocks": 1,
-                     "time_s": 4 * t1, "paper_a100_s": PAPER_A100_S.get(size)})
-        print(rows[-1], flush=True)
-        for r in rows:
-            if r["size"] == size and r["method"] == "ria_kernels" and "time_s" in r:
-                r["speedup_vs_official_port"] = rows[-1]["time_s"] / r["time_s"]
 
-    default_solver = resolve_solver(torch.empty(1, device="cuda"))
-    accept = None
-    if 8192 in sizes:
-        accept = next((r for r in rows if r["size"] == 8192 and r.get("solver") == default_solver
-                       and r["blocks"] == 1 and "time_s" in r), None)
-        if accept is None:  # default solver not in --solvers: time it for the acceptance line
-            score = torch.rand(8192, 8192, device="cuda") * torch.rand(8192, device="cuda") ** 3
-            t, res = sync_time(lambda: channel_permutation(score, 2, 4))
-            accept = {"size": 8192, "method": "ria_kernels (acceptance)", "solver": res.solver, "blocks": 1,
-                      "time_s": t, "retained_lsa": res.retained["lsa"], "note": "timed once"}
-            rows.append(accept)
-    write_rows(args.out, "permutation", rows, extra={"target_s": TARGET_S, "default_solver": default_solver})
-    _plot(rows, args.out)
-    print_table(rows, ["size", "method", "solver", "blocks", "time_s", "paper_a100_s", "gain_pct",
-                       "gap_vs_scipy_pct", "speedup_vs_official_port", "note"])
-    if accept is None:
-        print("ACCEPTANCE: not measured (8192 not in --sizes)")
-    else:
-        verdict = "PASS" if accept["time_s"] <= TARGET_S else "FAIL"
-        print(f"ACCEPTANCE: full 8192x8192 permutation (2:4, blocks=1, solver={accept['solver']}) "
-              f"{accept['time_s']:.3f} s vs target {TARGET_S:.1f} s on {torch.cuda.get_device_name()}: {verdict}")
+    from ria_kernels import permutation as P
+    from ria_kernels.lsa import resolve_solver
+
+    extra: dict = {"machine": machine(), "command": " ".join([Path(sys.executable).name] + sys.argv),
+                   "targets_s": {f"{s}² {p}": t for (s, p), t in TARGETS_S[device].items()}}
+    if device == "cpu":  # honest warm-up cost: build the native kernel into an empty cache
+        with tempfile.TemporaryDirectory() as tmp:
+            old = os.environ.get("RIA_KERNELS_CACHE_DIR")
+            os.environ["RIA_KERNELS_CACHE_DIR"] = tmp
+            t0 = time.perf_counter()
+            try:
+                P._build_native()
+                extra["native_cold_build_s"] = time.perf_counter() - t0
+            except Exception as e:  # reported, the torch fallback is then what runs
+                extra["native_cold_build_s"] = f"failed: {e}"
+            finally:
+                if old is None:
+                    os.environ.pop("RIA_KERNELS_CACHE_DIR", None)
+                else:
+                    os.environ["RIA_KERNELS_CACHE_DIR"] = old
+    t0 = time.perf_counter()
+    for solver in solvers:
+        P.channel_permutation(torch.rand(64, 256, device=device), 2, 4, solver=solver)
+    _sync(device)
+    extra["warmup_s"] = time.perf_counter() - t0
+    rows = []
+    scores: dict[int, torch.Tensor] = {}
+    for case in cases:
+        size, pat = case["size"], case["pattern"]
+        n, m = (int(v) for v in pat.split(":"))
+        if size not in scores:
+            scores.clear()
+            scores[size] = make_score(size, device)
+        score = scores[size]
+        row = dict(case, paper_a100_s=PAPER_A100_S.get(size) if pat == "2:4" else None,
+                   load_before=machine().get("loadavg", ["?"])[0])
+        _sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        if case["method"] == "ria_kernels":
+            res = P.channel_permutation(score, n, m, solver=case["solver"])
+            _sync(device)
+            row["time_s"] = time.perf_counter() - t0
+            row["cpu_s"] = time.process_time() - c0   # process CPU seconds: the load-robust figure on a shared host
+            row.update(solver=res.solver, gain_backend=res.gain_backend, rounds_accepted=res.rounds_accepted,
+                       retained_identity=res.retained["identity"], retained_allocation=res.retained["allocation"],
+                       retained_lsa=res.retained["lsa"],
+                       **{f"{k}_s": v for k, v in res.stage_s.items()})
+        else:
+            perm, retained = official_search(score, n, m)
+            _sync(device)
+            row["time_s"] = time.perf_counter() - t0
+            row["cpu_s"] = time.process_time() - c0
+            row["retained_identity"] = P.retained_score(score, n, m)
+            row["retained_lsa"] = retained
+        row["gain_pct"] = 100 * (row["retained_lsa"] - row["retained_identity"]) / row["retained_identity"]
+        target = TARGETS_S[device].get((size, pat)) if case["method"] == "ria_kernels" else None
+        if target is not None:
+            row["target_s"] = target
+            row["verdict"] = "PASS" if row["time_s"] <= target else "FAIL"
+        rows.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    for row in rows:  # same-matrix comparisons with the official algorithm
+        off = next((r for r in rows if r["size"] == row["size"] and r["pattern"] == row["pattern"]
+                    and r["method"].startswith("official")), None)
+        if off is not None and row["method"] == "ria_kernels":
+            row["speedup_vs_official"] = off["time_s"] / row["time_s"]
+            row["retained_vs_official"] = row["retained_lsa"] / off["retained_lsa"]
+    extra["default_solver"] = resolve_solver(torch.empty(1, device=device))
+    extra["machine_after"] = machine()
+    write_rows(args.out, name, rows, extra=extra)
+    _plot(rows, Path(args.out) / f"{name}.png", extra["machine"].get("gpu", extra["machine"].get("cpu", device)))
+    print_table(rows, ["size", "pattern", "method", "solver", "gain_backend", "time_s", "cpu_s", "allocation_s", "prepare_s",
+                       "gain_s", "lsa_s", "acceptance_s", "gain_pct", "retained_vs_official", "speedup_vs_official",
+                       "paper_a100_s", "verdict"])
+    for row in rows:
+        if "verdict" in row:
+            print(f"ACCEPTANCE: {row['size']}² {row['pattern']} channel permutation {row['time_s']:.2f} s "
+                  f"(target {row['target_s']:.0f} s, solver {row['solver']}, gain {row['gain_backend']}) "
+                  f"on {extra['machine'].get('gpu', extra['machine'].get('cpu'))}, load {row['load_before']}: "
+                  f"{row['verdict']}")
     return 0
 
 
-def _plot(rows: list[dict], out: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot(rows: list[dict], path: Path, device_name: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench_permutation: matplotlib not installed (pip install ria-kernels[bench]); no plot")
+        return
+    from _common import save_figure
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sizes = sorted({r["size"] for r in rows})
-    series = [(f"ria_kernels {s} full LSA", lambda r, s=s: r.get("solver") == s and r["blocks"] == 1)
-              for s in SOLVERS]
-    series += [(f"ria_kernels {s} blocks=16", lambda r, s=s: r.get("solver") == s and r["blocks"] == 16)
-               for s in SOLVERS]
-    series.append(("official loop (torch port)", lambda r: r["method"].startswith("official")))
-    for label, sel in series:
-        pts = [(s, next((r["time_s"] for r in rows if r["size"] == s and sel(r) and "time_s" in r), None))
-               for s in sizes]
-        pts = [(s, t) for s, t in pts if t is not None]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
-    ax.plot(sizes, [PAPER_A100_S.get(s, float("nan")) for s in sizes], "k--", label="paper (A100)")
-    ax.axhline(TARGET_S, color="r", lw=0.8, ls=":", label=f"target {TARGET_S:.0f} s (8192)")
+    for pat in sorted({r["pattern"] for r in rows}):
+        for method in ("ria_kernels", "official (re-implemented)"):
+            pts = sorted((r["size"], r["time_s"]) for r in rows if r["pattern"] == pat and r["method"] == method)
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=f"{method} {pat}")
+    paper = sorted(PAPER_A100_S.items())
+    ax.plot(*zip(*paper), "k--", label="paper Table A6 (A100, 2:4)")
+    ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("matrix size (square)")
-    ax.set_ylabel("seconds (2:4, allocation + LSA)")
-    ax.set_title(f"channel permutation time on {torch.cuda.get_device_name()}")
+    ax.set_ylabel("seconds (allocation + LSA)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(Path(out) / "permutation.png", dpi=110)
+    save_figure(fig, path, f"channel permutation search on {device_name}")
 
 
 if __name__ == "__main__":

@@ -25,14 +25,22 @@ column ``cols[k]`` (``rows`` ascending, like scipy). Solvers:
   kept across phases, and so are the pairs that still satisfy eps-complementary slackness
   for the new eps), the classic scaling schedule.
 
-* ``None`` / ``"auto"``: auction for CUDA tensors, scipy for CPU tensors. Measured on a
-  contended 2-core CPU (2048x2048 gain of one search round on a 128x8192 RIA-like score):
-  scipy 8.9 s, auction 58 s (55,512 bidding iterations, 15 phases, gap 1.5e-11); random
-  2048x2048: scipy 0.37 s, auction 32 s (7,367 iterations). So scipy on the CPU. The
-  GPU choice is not measured yet: the structured gains need many iterations whose
-  tail has one bidder, so the GPU time is bound by per-iteration launch latency. Env override:
-  ``RIA_KERNELS_LSA_SOLVER=scipy|auction|auto``; an explicit ``solver=`` wins. The choice
-  is logged once per (solver, device type).
+* ``"lapjv"``: exact Jonker-Volgenant (``lap.lapjvs`` of the optional ``lapx`` package,
+  ``pip install ria-kernels[fast]``) on the CPU, in float64 so it finds the same optimum
+  as scipy; a CUDA tensor is copied to the host and the result back. Measured on one
+  round's gain of the permutation search (heavy-tailed 8192x8192 score, 2:4 -> 2048x2048
+  gain, loaded 2-core CPU, 2026-11-30): lapjv 4.6 s, scipy 25.3 s, same assignment; at
+  1024x1024: 0.65 s vs 2.0 s. (lapx's float32 mode was faster still, 2.6 s, but picked a
+  different assignment 1e-10 below the optimum at 1024x1024, so it is not used.)
+
+* ``None`` / ``"auto"``: ``lapjv`` where ``lapx`` is installed, else ``scipy``, on every
+  device. The auction is opt-in: on a contended 2-core CPU (2048x2048 gain of one search
+  round on a 128x8192 RIA-like score) scipy took 8.9 s, the auction 58 s (55,512 bidding
+  iterations, 15 phases, gap 1.5e-11); random 2048x2048: scipy 0.37 s, auction 32 s
+  (7,367 iterations). Its GPU time is not measured yet: the structured gains need many
+  iterations whose tail has one bidder, so the GPU time is bound by per-iteration launch
+  latency. Env override: ``RIA_KERNELS_LSA_SOLVER=lapjv|scipy|auction|auto``; an explicit
+  ``solver=`` wins. The choice is logged once per (solver, device type).
 
 Rectangular problems: ``rows <= cols`` is solved as a square problem padded with
 constant (zero) rows, which does not change which real assignment is optimal;
@@ -49,7 +57,7 @@ import torch
 from ._errors import BackendUnavailableError, RiaInputError
 from ._logging import log_once
 
-SOLVERS = ("scipy", "auction")
+SOLVERS = ("lapjv", "scipy", "auction")
 _ENV = "RIA_KERNELS_LSA_SOLVER"
 _REL_EPS = 1e-6     # default final eps: total within 1e-6 * (max - min) of the optimum
 _EPS_START = 0.05   # first phase eps = scale / 20
@@ -66,12 +74,22 @@ class AuctionResult:
     bound: float          # total gain is within this of the optimum (n * eps_final)
 
 
-def resolve_solver(gain: torch.Tensor, solver: str | None = None) -> str:
-    """The one dispatch point: explicit ``solver``, then ``RIA_KERNELS_LSA_SOLVER``, then scipy.
+def lapjv_available() -> bool:
+    """Whether the optional ``lapx`` package (module ``lap`` with ``lapjvs``) is importable."""
+    try:
+        import lap
+    except ImportError:
+        return False
+    return hasattr(lap, "lapjvs")
 
-    Automatic is scipy everywhere: on the permutation search's gain matrices the auction
-    needed ~55k bidding iterations for one 2048x2048 round and ran 7-90x slower than scipy
-    on a CPU (2026-11-22); it has not been timed on a GPU, so it stays opt-in until it is."""
+
+def resolve_solver(gain: torch.Tensor, solver: str | None = None) -> str:
+    """The one dispatch point: explicit ``solver``, then ``RIA_KERNELS_LSA_SOLVER``, then
+    ``lapjv`` where ``lapx`` is installed, else ``scipy`` (both exact).
+
+    The auction stays opt-in: on the permutation search's gain matrices it needed ~55k
+    bidding iterations for one 2048x2048 round and ran 7-90x slower than scipy on a CPU
+    (2026-11-22); it has not been timed on a GPU."""
     forced = solver if solver is not None else (os.environ.get(_ENV) or None)
     source = "argument" if solver is not None else _ENV
     if forced is not None:
@@ -79,9 +97,12 @@ def resolve_solver(gain: torch.Tensor, solver: str | None = None) -> str:
             raise RiaInputError(f"solver ({source}) must be one of {SOLVERS + ('auto',)} or None, got {forced!r}")
         forced = forced.lower()
     if forced in (None, "auto"):
-        choice = "scipy"
+        choice = "lapjv" if lapjv_available() else "scipy"
     else:
         choice = forced
+    if choice == "lapjv" and not lapjv_available():
+        raise BackendUnavailableError("linear_sum_assignment: solver 'lapjv' needs the lapx package "
+                                      "(pip install lapx, or ria-kernels[fast])")
     if choice == "scipy":
         try:
             import scipy.optimize  # noqa: F401
@@ -114,7 +135,7 @@ def linear_sum_assignment(gain: torch.Tensor, *, solver: str | None = None,
                           eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Assignment maximising ``gain[rows, cols].sum()``; LongTensors on ``gain``'s device.
 
-    ``eps`` is the auction's final epsilon (ignored by scipy, which is exact)."""
+    ``eps`` is the auction's final epsilon (ignored by lapjv and scipy, which are exact)."""
     _check_gain(gain)
     _check_eps(eps)
     choice = resolve_solver(gain, solver)
@@ -123,6 +144,8 @@ def linear_sum_assignment(gain: torch.Tensor, *, solver: str | None = None,
     if r == 0 or c == 0:
         empty = torch.empty(0, dtype=torch.long, device=dev)
         return empty, empty.clone()
+    if choice == "lapjv":
+        return _lapjv(gain)
     if choice == "scipy":
         from scipy.optimize import linear_sum_assignment as _scipy_lsa
         rows, cols = _scipy_lsa(gain.detach().double().cpu().numpy(), maximize=True)
@@ -136,6 +159,26 @@ def linear_sum_assignment(gain: torch.Tensor, *, solver: str | None = None,
         a = torch.cat([a, a.new_zeros(c - r, c)], dim=0)
     res = auction(a, eps=eps)
     return torch.arange(r, device=dev), res.cols[:r]
+
+
+def _lapjv(gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """lapx's Jonker-Volgenant on ``-gain`` (it minimises), float64, rows ascending like scipy."""
+    import lap
+    import numpy as np
+    r, c = gain.shape
+    cost = -gain.detach().to("cpu", torch.float64).numpy()
+    if r > c:  # lapjvs pads to square; keep the padded side on the columns
+        rows_t, cols_t = _lapjv(gain.t())
+        order = torch.argsort(cols_t)
+        return cols_t[order], rows_t[order]
+    rows, cols = lap.lapjvs(np.ascontiguousarray(cost), extend_cost=r != c, return_cost=False, jvx_like=True,
+                            prefer_float32=False)
+    rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    cols = torch.as_tensor(np.asarray(cols, dtype=np.int64))
+    keep = (rows < r) & (cols < c)   # drop the pairs of padding rows
+    rows, cols = rows[keep], cols[keep]
+    order = torch.argsort(rows)
+    return rows[order].to(gain.device), cols[order].to(gain.device)
 
 
 def auction(gain: torch.Tensor, *, eps: float | None = None, check_every: int | None = None) -> AuctionResult:

@@ -3,9 +3,13 @@ import torch
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 
 from ria_kernels import RiaInputError
-from ria_kernels.lsa import auction, linear_sum_assignment, resolve_solver
+from ria_kernels import lsa as lsa_mod
+from ria_kernels._errors import BackendUnavailableError
+from ria_kernels.lsa import auction, lapjv_available, linear_sum_assignment, resolve_solver
 
 SIZES = [1, 2, 7, 64, 257]
+needs_lapjv = pytest.mark.skipif(not lapjv_available(), reason="optional lapx not installed")
+EXACT = ["scipy"] + (["lapjv"] if lapjv_available() else [])
 
 
 def _optimum(a: torch.Tensor) -> float:
@@ -87,7 +91,7 @@ def test_sync_free_path_matches():
 @pytest.mark.parametrize("shape", [(5, 9), (9, 5), (1, 4), (4, 1)])
 def test_rectangular(shape):
     a = torch.randint(0, 30, shape, generator=torch.Generator().manual_seed(sum(shape))).float()
-    for solver in ("auction", "scipy"):
+    for solver in ["auction"] + EXACT:
         rows, cols = linear_sum_assignment(a, solver=solver)
         _check_assignment(rows, cols, *shape)
         assert _total(a, rows, cols) == _optimum(a)
@@ -98,6 +102,27 @@ def test_scipy_solver_exact_and_device_kept():
     rows, cols = linear_sum_assignment(a, solver="scipy")
     assert rows.device == a.device and cols.device == a.device
     assert _total(a, rows, cols) == pytest.approx(_optimum(a), rel=1e-12)
+
+
+@needs_lapjv
+@pytest.mark.parametrize("shape", [(1, 1), (2, 2), (64, 64), (257, 257), (30, 70), (70, 30)])
+def test_lapjv_exact_float_and_device_kept(shape):
+    a = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(sum(shape))) * 100 - 20
+    rows, cols = linear_sum_assignment(a, solver="lapjv")
+    _check_assignment(rows, cols, *shape)
+    assert rows.device == a.device
+    assert _total(a, rows, cols) == pytest.approx(_optimum(a), rel=1e-12)
+    # continuous random gains have one optimum: the same assignment as scipy's
+    r_ref, c_ref = scipy_lsa(a.numpy(), maximize=True)
+    assert rows.tolist() == r_ref.tolist() and cols.tolist() == c_ref.tolist()
+
+
+@needs_lapjv
+def test_lapjv_ties_and_float32_input():
+    a = torch.randint(0, 3, (40, 40), generator=torch.Generator().manual_seed(4)).float()
+    rows, cols = linear_sum_assignment(a, solver="lapjv")
+    _check_assignment(rows, cols, 40, 40)
+    assert _total(a, rows, cols) == _optimum(a)
 
 
 def test_empty():
@@ -140,8 +165,9 @@ def test_bad_inputs():
 def test_dispatch_and_env_override(monkeypatch):
     a = torch.rand(6, 6)
     monkeypatch.delenv("RIA_KERNELS_LSA_SOLVER", raising=False)
-    assert resolve_solver(a) == "scipy"            # auto on a CPU tensor
-    assert resolve_solver(a, "auto") == "scipy"
+    auto = "lapjv" if lapjv_available() else "scipy"
+    assert resolve_solver(a) == auto               # auto: exact, lapjv where lapx is installed
+    assert resolve_solver(a, "auto") == auto
     assert resolve_solver(a, "AUCTION") == "auction"
     monkeypatch.setenv("RIA_KERNELS_LSA_SOLVER", "auction")
     assert resolve_solver(a) == "auction"
@@ -149,6 +175,15 @@ def test_dispatch_and_env_override(monkeypatch):
     monkeypatch.setenv("RIA_KERNELS_LSA_SOLVER", "bogus")
     with pytest.raises(RiaInputError, match="RIA_KERNELS_LSA_SOLVER"):
         linear_sum_assignment(a)
+
+
+def test_lapjv_missing(monkeypatch):
+    monkeypatch.delenv("RIA_KERNELS_LSA_SOLVER", raising=False)
+    monkeypatch.setattr(lsa_mod, "lapjv_available", lambda: False)
+    a = torch.rand(5, 5)
+    assert resolve_solver(a) == "scipy"            # auto without lapx
+    with pytest.raises(BackendUnavailableError, match="lapx"):
+        linear_sum_assignment(a, solver="lapjv")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
