@@ -182,10 +182,12 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS) -> Spa
 
     Decode (T <= 64): one tile covers every token (BLOCK_T = T rounded up to a power of 2,
     at least 16 for ``tl.dot``), so each weight byte is read once; BLOCK_N = 64 rows, BLOCK_K =
-    256 dense columns per step (128 above T = 16, to bound the fp32 accumulator's registers).
-    Weights are streamed by ``cdiv(N, 64) * split_k`` programs; ``split_k`` brings that count to
-    about 4 programs per SM (enough loads in flight to saturate DRAM) while keeping >= 2 K-steps
-    per split, so small-N shapes (4096 x 11008) still fill the GPU.
+    256 dense columns per step up to T = 16 (128 above, where the fp32 accumulator needs the
+    registers: 256 would spill at BLOCK_T = 32). Large per-thread tiles amortise the fixed
+    per-step cost of the in-register expansion (SASS: ~7 instructions per dense weight element
+    at 64 x 256 vs ~11 at 64 x 128). Weights are streamed by ``cdiv(N, 64) * split_k`` programs;
+    ``split_k`` brings that count to about 4 programs per SM (enough loads in flight to saturate
+    DRAM) while keeping >= 2 K-steps per split, so small-N shapes (4096 x 11008) fill the GPU.
     Prefill (T > 64): a plain tiled GEMM, 128 x 128 (x 64 below T = 128) output tiles, BLOCK_K
     = 64, no split; the compressed weight tile is re-read per token tile from L2.
     """
@@ -196,7 +198,7 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS) -> Spa
         steps = _cdiv(k, block_k)
         split = max(1, min(round(4 * num_sms / tiles), steps // 2))
         split = _cdiv(steps, _cdiv(steps, split))  # no empty split
-        return Sparse24Config(block_n, block_t, block_k, split, 4, 3)
+        return Sparse24Config(block_n, block_t, block_k, split, 4, 3 if block_k == 256 else 4)
     block_t = 128 if t >= 128 else 64
     return Sparse24Config(128, block_t, 64, 1, 8 if block_t == 128 else 4, 3)
 
@@ -214,15 +216,28 @@ except ImportError:  # pragma: no cover - triton is a hard dependency
 
 if triton is not None:
     @triton.jit
-    def _expand_24(v, m, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _meta_codes(m, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, META_WORDS: tl.constexpr):
+        """Metadata tile -> ``[BLOCK_N, BLOCK_K/4]`` int32 group codes ``i0 | i1 << 2``.
+
+        ``m`` is ``[BLOCK_N, BLOCK_K/8]`` bytes, or with META_WORDS ``[BLOCK_N, BLOCK_K/32]`` int32
+        words (the same bytes read 4 at a time, little-endian, so the low nibble of a word is its
+        first group): word loads are >= 4 bytes per thread, which the pipeliner can stream with
+        async copies like the values."""
+        if META_WORDS:
+            m = tl.reshape(tl.join(m & 0xFFFF, (m >> 16) & 0xFFFF), (BLOCK_N, BLOCK_K // 16))
+            m = tl.reshape(tl.join(m & 0xFF, m >> 8), (BLOCK_N, BLOCK_K // 8))
+        else:
+            m = m.to(tl.int32)
+        return tl.reshape(tl.join(m & 15, m >> 4), (BLOCK_N, BLOCK_K // 4))  # low nibble = even group
+
+    @triton.jit
+    def _expand_24(v, code, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """Compressed tile -> dense tile in registers.
 
-        ``v [BLOCK_N, BLOCK_K/2]`` kept values, ``m [BLOCK_N, BLOCK_K/8]`` uint8 metadata bytes
+        ``v [BLOCK_N, BLOCK_K/2]`` kept values, ``code [BLOCK_N, BLOCK_K/4]`` group codes
         -> ``[BLOCK_N, BLOCK_K]`` with every kept value at its column and zeros elsewhere."""
         G: tl.constexpr = BLOCK_K // 4
         v0, v1 = tl.split(tl.reshape(v, (BLOCK_N, G, 2)))              # [BN, G] each
-        m = m.to(tl.int32)
-        code = tl.reshape(tl.join(m & 15, m >> 4), (BLOCK_N, G))       # low nibble = even group
         i0 = code & 3
         i1 = code >> 2                                                 # i0 < i1 always
         zero = tl.zeros_like(v0)
@@ -240,7 +255,7 @@ if triton is not None:
     def _sparse24_mm_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                             T, N, K, KV, KM, stride_xt, stride_vn, stride_mn, stride_ot, K_PER_SPLIT, split_stride,
                             HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
-                            IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+                            IEEE: tl.constexpr, META_WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
                             BLOCK_K: tl.constexpr):
         """out[t, n] = sum_k x[t, k] * W[n, k] (+ bias[n]) with W streamed compressed.
 
@@ -267,7 +282,10 @@ if triton is not None:
         for kk in range(0, K_PER_SPLIT, BLOCK_K):
             k0 = k_begin + kk
             offs_v = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            offs_m = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+            if META_WORDS:  # meta_ptr is int32, K % 32 == 0 and BLOCK_K % 32 == 0
+                offs_m = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+            else:
+                offs_m = k0 // 8 + tl.arange(0, BLOCK_K // 8)
             offs_k = k0 + tl.arange(0, BLOCK_K)
             if EVEN_K:
                 v = tl.load(v_rows + offs_v[None, :], mask=n_ok[:, None], other=0.0)
@@ -277,7 +295,7 @@ if triton is not None:
                 v = tl.load(v_rows + offs_v[None, :], mask=n_ok[:, None] & (offs_v < KV)[None, :], other=0.0)
                 m = tl.load(m_rows + offs_m[None, :], mask=n_ok[:, None] & (offs_m < KM)[None, :], other=0)
                 xt = tl.load(x_cols + offs_k[:, None], mask=(offs_k < K)[:, None] & t_ok[None, :], other=0.0)
-            w = _expand_24(v, m, BLOCK_N, BLOCK_K)
+            w = _expand_24(v, _meta_codes(m, BLOCK_N, BLOCK_K, META_WORDS), BLOCK_N, BLOCK_K)
             if IEEE:
                 acc = tl.dot(w, xt, acc, input_precision="ieee")
             else:
@@ -358,11 +376,16 @@ def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
         counters = _tile_counters(x.device, grid[0] * grid[2])
     else:
         ws, counters = y, y  # unused
+    # 4 metadata bytes per load where rows allow it (every LLaMA shape: K % 32 == 0)
+    meta_words = (k % 32 == 0 and cfg.block_k % 32 == 0 and meta.stride(0) % 4 == 0
+                  and meta.storage_offset() % 4 == 0)
+    if meta_words:
+        meta = meta.view(torch.int32)
     _sparse24_mm_kernel[grid](
         x2, values, meta, bias if bias is not None else values, y, ws, counters,
-        t, n, k, k // 2, (k + 7) // 8, x2.stride(0), values.stride(0), meta.stride(0), y.stride(0), k_per_split, t * n,
+        t, n, k, k // 2, meta.shape[1], x2.stride(0), values.stride(0), meta.stride(0), y.stride(0), k_per_split, t * n,
         HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k_per_split * split == k),
-        IEEE=x.dtype == torch.float32, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
+        IEEE=x.dtype == torch.float32, META_WORDS=meta_words, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y.reshape(*lead, n)
 
