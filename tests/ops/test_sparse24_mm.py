@@ -80,8 +80,9 @@ TOKENS = (1, 2, 3, 7, 8, 16, 33, 64, 257)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("t", TOKENS)
 def test_kernel_default_config(t, dtype):
-    # N = 3 x BLOCK_N (64; 128 for prefill: then 1.5 tiles), K = 3 x BLOCK_K (256; 128 above T = 16)
-    n, k = 192, (768 if t <= 16 else 384)
+    # N = 3 x BLOCK_N (64; 128 for prefill: then 1.5 tiles), K = 3 x BLOCK_K (256 up to T = 16,
+    # then 128; 64 for prefill)
+    n, k = 192, (768 if t <= 16 else 384 if t <= 64 else 192)
     seed = t * 10 + DTYPES.index(dtype)
     w = sparse_weight(n, k, dtype, seed)
     g = torch.Generator().manual_seed(seed + 1)
