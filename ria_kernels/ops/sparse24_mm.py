@@ -15,6 +15,16 @@ Bytes per row: ``K/2 * itemsize + K/8`` = 0.5625x the dense fp16/bf16 row, so th
 limit of a decode GEMV is 1/0.5625 = 1.78x dense.
 
 Reference: :func:`sparse24_mm_reference` (decompress, then ``F.linear`` in float32).
+
+Kernel (:func:`sparse24_mm`, one Triton kernel for every token count T): each program streams
+``[BLOCK_N, BLOCK_K/2]`` values and the matching metadata (read as int32 words, 8 group codes
+each, when ``K % 32 == 0``: the same bytes, little-endian, so no second layout), expands them to
+the dense ``[BLOCK_N, BLOCK_K]`` tile in registers (6 compares + 6 selects per group of 4) and
+feeds ``tl.dot(W_tile, x_tile^T)`` with fp32 accumulation; the dense weight never exists in
+memory. Decode (T <= 64): one token tile, so every weight byte is read once, with split-K to fill
+the SMs; prefill: a tiled GEMM. Configs: :func:`launch_config` (a pure function of T, N, K and
+the SM count; no run-time autotuning, so launches are CUDA-graph capturable and AOT-recordable:
+:func:`aot_cases`). float32 is a reference path (IEEE dot, no TF32).
 """
 from __future__ import annotations
 
