@@ -185,6 +185,16 @@ def shape_rows(case: dict, l2_bytes: int, copy_gbps: float) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- e2e
+def linear_bytes(model) -> int:
+    """Bytes held by the decoder layers' attention/MLP projections (parameters + buffers)."""
+    total = 0
+    for name, mod in model.named_modules():
+        if name.startswith("model.layers.") and (".self_attn." in name or ".mlp." in name):
+            total += sum(t.numel() * t.element_size()
+                         for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)))
+    return total
+
+
 def e2e_rows(args) -> list[dict]:
     """Greedy decode tokens/s (static cache, CUDA graph) for dense vs compact vs fast."""
     import ria_kernels
@@ -203,10 +213,7 @@ def e2e_rows(args) -> list[dict]:
         try:
             if variant != "dense":
                 ria_kernels.to_sparse_inference(model, None, memory=variant)
-            lin_bytes = sum(b.numel() * b.element_size() for name, mod in model.named_modules()
-                            if name.startswith("model.layers") and not list(mod.children())
-                            for b in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
-                            if b.dim() >= 1 and "norm" not in name)
+            lin_bytes = linear_bytes(model)
             for batch in (1, 16):
                 r = decode_row(model, variant, batch, 128, args.e2e_steps, vocab, "cuda")
                 rows.append({**row, **r, "layer_bytes": lin_bytes})
