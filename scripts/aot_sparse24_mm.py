@@ -87,6 +87,15 @@ def ptxas_path(arch: int) -> str:
         return triton.knobs.nvidia.ptxas.path
 
 
+def cuobjdump_sass(cubin: bytes) -> str:
+    """Raw ``cuobjdump -sass`` (addresses kept, unlike Triton's label-rewritten listing)."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        Path(path).write_bytes(cubin)
+        return subprocess.run([str(tool), "-sass", path], capture_output=True, text=True, check=True).stdout
+
+
 def loop_mix(sass: str) -> tuple[int, collections.Counter]:
     """Instruction count and opcode mix of the largest loop (the K loop)."""
     ins = []
@@ -139,7 +148,7 @@ def main(argv=None) -> int:
                 res = dict(regs=int(regs.group(1)), spill_stores=int(spill.group(1)), spill_loads=int(spill.group(2)),
                            smem=kern.metadata.shared)
                 if args.sass:
-                    n, mix = loop_mix(kern.asm["sass"])  # cuobjdump -sass of the cubin
+                    n, mix = loop_mix(cuobjdump_sass(kern.asm["cubin"]))
                     res.update(loop_instr=n, loop_mix=dict(mix.most_common(12)))
                 done[(key, arch)] = res
             res = done[(key, arch)]

@@ -197,7 +197,9 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS) -> Spa
     per-step cost of the in-register expansion (SASS: ~7 instructions per dense weight element
     at 64 x 256 vs ~11 at 64 x 128). Weights are streamed by ``cdiv(N, 64) * split_k`` programs;
     ``split_k`` brings that count to about 4 programs per SM (enough loads in flight to saturate
-    DRAM) while keeping >= 2 K-steps per split, so small-N shapes (4096 x 11008) fill the GPU.
+    DRAM) while keeping >= 2 K-steps per split and the fp32 partials (2 * split * T * N * 4 bytes)
+    under ~10% of the weight bytes (``split <= K / (72 T)``), so small-N shapes (4096 x 11008)
+    fill the GPU at small T; at T = 64 a 4096-row weight runs unsplit on 64 programs.
     Prefill (T > 64): a plain tiled GEMM, 128 x 128 (x 64 below T = 128) output tiles, BLOCK_K
     = 64, no split; the compressed weight tile is re-read per token tile from L2.
     """
@@ -206,7 +208,9 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS) -> Spa
         block_n, block_k = 64, (256 if block_t <= 16 else 128)
         tiles = _cdiv(n, block_n)
         steps = _cdiv(k, block_k)
-        split = max(1, min(round(4 * num_sms / tiles), steps // 2))
+        # each split adds 2 * T * N * 4 bytes of fp32 partials (written, then read back once):
+        # keep them under ~10% of the compressed weight's N * K * 9/8 bytes
+        split = max(1, min(round(4 * num_sms / tiles), steps // 2, k // (72 * t)))
         split = _cdiv(steps, _cdiv(steps, split))  # no empty split
         return Sparse24Config(block_n, block_t, block_k, split, 4, 3 if block_k == 256 else 4)
     block_t = 128 if t >= 128 else 64
