@@ -324,8 +324,11 @@ if triton is not None:
             ws_tile = offs_t.to(tl.int64)[None, :] * N + offs_n[:, None]
             tl.store(ws_ptr + pid_k.to(tl.int64) * split_stride + ws_tile, acc, mask=out_ok)
             tile = pid_t * tl.num_programs(0) + pid_n
-            # acq_rel: our partial is visible before the count; the last arriver sees all of them
-            arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+            # every thread's partial stores are ordered before the (single-thread) counter bump by
+            # the CTA barrier, and made visible GPU-wide by its release; the last arriver's
+            # acquire (then .cg loads that bypass L1) sees all partials
+            tl.debug_barrier()
+            arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
             if arrived == SPLIT_K - 1:
                 total = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
                 for s in range(SPLIT_K):
