@@ -7,7 +7,7 @@
 #   STAGES=build,tests,cli,kernels bash benchmarks/gpu_check.sh
 #   STAGES=modules,e2e bash benchmarks/gpu_check.sh  # with .gpu_carry/_C*.so from a previous call
 #
-# Stages: build, tests, cli, kernels, modules, permutation, e2e. A full run takes longer than
+# Stages: build, tests, cli, kernels, modules, permutation, e2e, decode. A full run takes longer than
 # one 10-minute device call, so split it as above. Carried inputs (the folder .gpu_carry/,
 # git-ignored, passed with the device tool's `carry`):
 #   .gpu_carry/nvidia_cutlass-*.whl  CUTLASS headers (the GPU image has cuSPARSELt, not CUTLASS):
@@ -17,7 +17,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-STAGES=${STAGES:-build,tests,cli,kernels,modules,permutation,e2e}
+STAGES=${STAGES:-build,tests,cli,kernels,modules,permutation,e2e,decode}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
@@ -62,7 +62,8 @@ if want cli; then
   timeout 180 python3 -m ria_kernels.cli --device cuda --sparsity-type 2:4 --permute --sparse-inference \
     --quiet -v --json "$OUT/cli_gpu.json" || fail "CLI"
 fi
-for stage in kernels modules permutation e2e; do
+python3 benchmarks/bench_decode.py --dry-run > /dev/null || fail "bench_decode --dry-run"
+for stage in kernels modules permutation e2e decode; do
   want "$stage" || continue
   echo "== benchmarks/bench_$stage.py"
   timeout 420 python3 "benchmarks/bench_$stage.py" --out "$OUT" ${BENCH_ARGS:-} || fail "bench_$stage"

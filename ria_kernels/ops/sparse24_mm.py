@@ -15,14 +15,25 @@ Bytes per row: ``K/2 * itemsize + K/8`` = 0.5625x the dense fp16/bf16 row, so th
 limit of a decode GEMV is 1/0.5625 = 1.78x dense.
 
 Reference: :func:`sparse24_mm_reference` (decompress, then ``F.linear`` in float32).
+
+Kernel (:func:`sparse24_mm`, one Triton kernel for every token count T): each program streams
+``[BLOCK_N, BLOCK_K/2]`` values and the matching metadata (read as int32 words, 8 group codes
+each, when ``K % 32 == 0``: the same bytes, little-endian, so no second layout), expands them to
+the dense ``[BLOCK_N, BLOCK_K]`` tile in registers (6 compares + 6 selects per group of 4) and
+feeds ``tl.dot(W_tile, x_tile^T)`` with fp32 accumulation; the dense weight never exists in
+memory. Decode (T <= 64): one token tile, so every weight byte is read once, with split-K to fill
+the SMs; prefill: a tiled GEMM. Configs: :func:`launch_config` (a pure function of T, N, K and
+the SM count; no run-time autotuning, so launches are CUDA-graph capturable and AOT-recordable:
+:func:`aot_cases`). float32 is a reference path (IEEE dot, no TF32).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .._backend import resolve_backend
 from .._errors import RiaInputError
 
 FORMAT_VERSION = 1
@@ -98,16 +109,334 @@ def sparse24_mm_reference(x: torch.Tensor, values: torch.Tensor, meta: torch.Ten
     return F.linear(x.float(), w, b).to(x.dtype)
 
 
-def sparse24_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
-                bias: Optional[torch.Tensor] = None, *, backend: Optional[str] = None) -> torch.Tensor:
-    """``x [..., K] @ W^T (+ bias)`` for the compressed 2:4 ``W`` (see the module docstring).
-
-    Placeholder dispatch until the Triton kernel lands: runs the torch reference."""
+# --------------------------------------------------------------------------- public entry point
+def _check_inputs(x, values, meta, bias, out) -> tuple[int, int]:
     n, k = _check_compressed(values, meta)
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise RiaInputError("x must be a tensor of shape [..., in_features]")
     if x.shape[-1] != k:
         raise RiaInputError(f"x.shape[-1] must equal in_features {k}, got {x.shape[-1]}")
     if x.dtype != values.dtype:
         raise RiaInputError(f"x dtype {x.dtype} must match the weight values' dtype {values.dtype}")
-    if bias is not None and tuple(bias.shape) != (n,):
-        raise RiaInputError(f"bias must have shape [{n}], got {tuple(bias.shape)}")
-    return sparse24_mm_reference(x, values, meta, bias)
+    if x.device != values.device:
+        raise RiaInputError(f"x is on {x.device}, the weight on {values.device}")
+    if bias is not None:
+        if tuple(bias.shape) != (n,):
+            raise RiaInputError(f"bias must have shape [{n}], got {tuple(bias.shape)}")
+        if bias.device != values.device or bias.dtype not in SUPPORTED_DTYPES:
+            raise RiaInputError(f"bias must be a float tensor on {values.device}, got {bias.dtype} on {bias.device}")
+    if out is not None:
+        want = (*x.shape[:-1], n)
+        if tuple(out.shape) != want or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
+            raise RiaInputError(f"out must be a contiguous {x.dtype} tensor of shape {list(want)} on {x.device}, "
+                                f"got {out.dtype} {list(out.shape)} on {out.device}")
+    return n, k
+
+
+def sparse24_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                bias: Optional[torch.Tensor] = None, *, backend: Optional[str] = None,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x [..., K] @ W^T (+ bias) -> [..., N]`` in x's dtype, for the compressed 2:4 ``W``
+    (see the module docstring); float32 accumulation.
+
+    The backend is chosen in one place (:func:`_dispatch`): Triton for CUDA tensors, the torch
+    reference otherwise; ``backend="triton"|"torch"`` or env ``RIA_KERNELS_BACKEND`` forces one.
+    Without ``out`` this goes through the custom op ``ria_kernels::sparse24_mm`` (fake impl
+    registered: traceable by ``torch.compile``, capturable in CUDA graphs); ``out=`` (eager
+    callers: tests, benchmarks) calls the dispatch directly.
+    """
+    _check_inputs(x, values, meta, bias, out)
+    if backend is not None and backend.lower() not in ("triton", "torch"):
+        raise RiaInputError(f"backend must be one of ('triton', 'torch'), got {backend!r}")
+    if out is not None:
+        return _dispatch(x, values, meta, bias, backend, out)
+    return torch.ops.ria_kernels.sparse24_mm(x, values, meta, bias, backend)
+
+
+def _dispatch(x, values, meta, bias, backend, out=None):
+    """The one backend decision for sparse24_mm."""
+    if resolve_backend("sparse24_mm", x, backend) == "triton":
+        return _sparse24_mm_triton(x, values, meta, bias, out=out)
+    y = sparse24_mm_reference(x, values, meta, bias)
+    return y if out is None else out.copy_(y)
+
+
+@torch.library.custom_op("ria_kernels::sparse24_mm", mutates_args=())
+def _sparse24_mm_op(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: Optional[torch.Tensor],
+                    backend: Optional[str]) -> torch.Tensor:
+    return _dispatch(x, values, meta, bias, backend)
+
+
+@_sparse24_mm_op.register_fake
+def _(x, values, meta, bias, backend):
+    return x.new_empty((*x.shape[:-1], values.shape[0]))
+
+
+# --------------------------------------------------------------------------- launch configs
+class Sparse24Config(NamedTuple):
+    """One launch of the kernel: tile sizes, split-K and warps/stages (see :func:`launch_config`)."""
+    block_n: int
+    block_t: int
+    block_k: int
+    split_k: int
+    num_warps: int
+    num_stages: int
+
+
+DEFAULT_NUM_SMS = 132  # H100/H200 SXM; used when no CUDA device is queried (CPU, AOT)
+DECODE_MAX_T = 64
+
+
+def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS) -> Sparse24Config:
+    """The launch heuristic, a pure function of (T, N, K, SM count).
+
+    Decode (T <= 64): one tile covers every token (BLOCK_T = T rounded up to a power of 2,
+    at least 16 for ``tl.dot``), so each weight byte is read once; BLOCK_N = 64 rows, BLOCK_K =
+    256 dense columns per step up to T = 16 (128 above, where the fp32 accumulator needs the
+    registers: 256 would spill at BLOCK_T = 32). Large per-thread tiles amortise the fixed
+    per-step cost of the in-register expansion (SASS: ~7 instructions per dense weight element
+    at 64 x 256 vs ~11 at 64 x 128). Weights are streamed by ``cdiv(N, 64) * split_k`` programs;
+    ``split_k`` brings that count to about 4 programs per SM (enough loads in flight to saturate
+    DRAM) while keeping >= 2 K-steps per split and the fp32 partials (2 * split * T * N * 4 bytes)
+    under ~10% of the weight bytes (``split <= K / (72 T)``), so small-N shapes (4096 x 11008)
+    fill the GPU at small T; at T = 64 a 4096-row weight runs unsplit on 64 programs.
+    Prefill (T > 64): a plain tiled GEMM, 128 x 128 (x 64 below T = 128) output tiles, BLOCK_K
+    = 64, no split; the compressed weight tile is re-read per token tile from L2.
+    """
+    if t <= DECODE_MAX_T:
+        block_t = max(16, 1 << max(0, t - 1).bit_length())
+        block_n, block_k = 64, (256 if block_t <= 16 else 128)
+        tiles = _cdiv(n, block_n)
+        steps = _cdiv(k, block_k)
+        # each split adds 2 * T * N * 4 bytes of fp32 partials (written, then read back once):
+        # keep them under ~10% of the compressed weight's N * K * 9/8 bytes
+        split = max(1, min(round(4 * num_sms / tiles), steps // 2, k // (72 * t)))
+        split = _cdiv(steps, _cdiv(steps, split))  # no empty split
+        return Sparse24Config(block_n, block_t, block_k, split, 4, 3 if block_k == 256 else 4)
+    block_t = 128 if t >= 128 else 64
+    return Sparse24Config(128, block_t, 64, 1, 8 if block_t == 128 else 4, 3)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# --------------------------------------------------------------------------- Triton kernel
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton is a hard dependency
+    triton = None
+
+if triton is not None:
+    @triton.jit
+    def _meta_codes(m, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, META_WORDS: tl.constexpr):
+        """Metadata tile -> ``[BLOCK_N, BLOCK_K/4]`` int32 group codes ``i0 | i1 << 2``.
+
+        ``m`` is ``[BLOCK_N, BLOCK_K/8]`` bytes, or with META_WORDS ``[BLOCK_N, BLOCK_K/32]`` int32
+        words (the same bytes read 4 at a time, little-endian, so the low nibble of a word is its
+        first group): word loads are >= 4 bytes per thread, which the pipeliner can stream with
+        async copies like the values."""
+        if META_WORDS:
+            m = tl.reshape(tl.join(m & 0xFFFF, (m >> 16) & 0xFFFF), (BLOCK_N, BLOCK_K // 16))
+            m = tl.reshape(tl.join(m & 0xFF, m >> 8), (BLOCK_N, BLOCK_K // 8))
+        else:
+            m = m.to(tl.int32)
+        return tl.reshape(tl.join(m & 15, m >> 4), (BLOCK_N, BLOCK_K // 4))  # low nibble = even group
+
+    @triton.jit
+    def _expand_24(v, code, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Compressed tile -> dense tile in registers.
+
+        ``v [BLOCK_N, BLOCK_K/2]`` kept values, ``code [BLOCK_N, BLOCK_K/4]`` group codes
+        -> ``[BLOCK_N, BLOCK_K]`` with every kept value at its column and zeros elsewhere."""
+        G: tl.constexpr = BLOCK_K // 4
+        v0, v1 = tl.split(tl.reshape(v, (BLOCK_N, G, 2)))              # [BN, G] each
+        i0 = code & 3
+        i1 = code >> 2                                                 # i0 < i1 always
+        zero = tl.zeros_like(v0)
+        # column c of a group holds v0 iff i0 == c, v1 iff i1 == c; c = 0 can only be i0 and
+        # c = 3 only i1, so 6 compares + 6 selects per group of 4
+        d0 = tl.where(i0 == 0, v0, zero)
+        d1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, zero))
+        d2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, zero))
+        d3 = tl.where(i1 == 3, v1, zero)
+        # J[..., a, b] = d_{2a+b}: flattening puts column c = 2a+b of group g at 4g + c
+        dense = tl.join(tl.join(d0, d2), tl.join(d1, d3))
+        return tl.reshape(dense, (BLOCK_N, BLOCK_K))
+
+    @triton.jit
+    def _sparse24_mm_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
+                            T, N, K, KV, KM, stride_xt, stride_vn, stride_mn, stride_ot, K_PER_SPLIT, split_stride,
+                            HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+                            IEEE: tl.constexpr, META_WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
+        """out[t, n] = sum_k x[t, k] * W[n, k] (+ bias[n]) with W streamed compressed.
+
+        Grid (cdiv(N, BLOCK_N), SPLIT_K, cdiv(T, BLOCK_T)). Each program expands its weight
+        tiles to dense in registers and feeds ``tl.dot(W_tile [BN, BK], x_tile^T [BK, BT])``
+        (tensor cores; at decode the token dim is padded to 16, compute is free there).
+        SPLIT_K > 1: each split stores its fp32 partial tile in ``ws [SPLIT_K, T, N]``, then
+        bumps the tile's counter; the last split to arrive sums the partials in split order
+        (deterministic, whatever the arrival order), adds the bias, writes ``out`` and resets
+        the counter to 0 for the next launch (one kernel, no memset)."""
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        pid_t = tl.program_id(2)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        n_ok = offs_n < N
+        t_ok = offs_t < T
+        rows = offs_n.to(tl.int64)
+        v_rows = v_ptr + rows[:, None] * stride_vn
+        m_rows = m_ptr + rows[:, None] * stride_mn
+        x_cols = x_ptr + offs_t.to(tl.int64)[None, :] * stride_xt
+        k_begin = pid_k * K_PER_SPLIT
+        acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+        for kk in range(0, K_PER_SPLIT, BLOCK_K):
+            k0 = k_begin + kk
+            offs_v = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            if META_WORDS:  # meta_ptr is int32, K % 32 == 0 and BLOCK_K % 32 == 0
+                offs_m = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+            else:
+                offs_m = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            if EVEN_K:
+                v = tl.load(v_rows + offs_v[None, :], mask=n_ok[:, None], other=0.0)
+                m = tl.load(m_rows + offs_m[None, :], mask=n_ok[:, None], other=0)
+                xt = tl.load(x_cols + offs_k[:, None], mask=t_ok[None, :], other=0.0)
+            else:
+                v = tl.load(v_rows + offs_v[None, :], mask=n_ok[:, None] & (offs_v < KV)[None, :], other=0.0)
+                m = tl.load(m_rows + offs_m[None, :], mask=n_ok[:, None] & (offs_m < KM)[None, :], other=0)
+                xt = tl.load(x_cols + offs_k[:, None], mask=(offs_k < K)[:, None] & t_ok[None, :], other=0.0)
+            w = _expand_24(v, _meta_codes(m, BLOCK_N, BLOCK_K, META_WORDS), BLOCK_N, BLOCK_K)
+            if IEEE:
+                acc = tl.dot(w, xt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(w, xt, acc)
+        out_ptrs = out_ptr + offs_t.to(tl.int64)[None, :] * stride_ot + offs_n[:, None]
+        out_ok = n_ok[:, None] & t_ok[None, :]
+        if SPLIT_K == 1:
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+            tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
+        else:
+            ws_tile = offs_t.to(tl.int64)[None, :] * N + offs_n[:, None]
+            tl.store(ws_ptr + pid_k.to(tl.int64) * split_stride + ws_tile, acc, mask=out_ok)
+            tile = pid_t * tl.num_programs(0) + pid_n
+            # every thread's partial stores are ordered before the (single-thread) counter bump by
+            # the CTA barrier, and made visible GPU-wide by its release; the last arriver's
+            # acquire (then .cg loads that bypass L1) sees all partials
+            tl.debug_barrier()
+            arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:
+                total = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+                for s in range(SPLIT_K):
+                    total += tl.load(ws_ptr + s * split_stride + ws_tile, mask=out_ok, other=0.0,
+                                     cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+                tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_ok)
+                tl.atomic_xchg(cnt_ptr + tile, 0)
+
+
+# split-K tile counters: zero between launches (the last split of a tile resets its counter),
+# so one buffer per device serves every launch on that device's streams in order.
+_COUNTERS: dict = {}
+_COUNTER_CHUNK = 1 << 14
+
+
+def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    key = (device.type, device.index)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < tiles:
+        size = _cdiv(tiles, _COUNTER_CHUNK) * _COUNTER_CHUNK
+        buf = torch.zeros(size, dtype=torch.int32, device=device)
+        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if not capturing:  # a buffer made inside a CUDA graph belongs to that graph's pool
+            _COUNTERS[key] = buf
+    return buf
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_NUM_SMS
+
+
+def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                        bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None,
+                        config: Optional[Sparse24Config] = None) -> torch.Tensor:
+    """Launch the Triton kernel (inputs already checked). ``config`` overrides the heuristic
+    (tests use small tiles to reach masked edges cheaply under the interpreter)."""
+    n, k = values.shape[0], 2 * values.shape[1]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    t = x2.shape[0]
+    y = torch.empty((t, n), dtype=x.dtype, device=x.device) if out is None else out.view(t, n)
+    if t == 0 or n == 0:
+        return y.reshape(*lead, n)
+    if k == 0:
+        y.copy_((bias if bias is not None else torch.zeros(n, device=x.device)).to(x.dtype).expand(t, n))
+        return y.reshape(*lead, n)
+    values = values if values.stride(-1) == 1 else values.contiguous()
+    meta = meta if meta.stride(-1) == 1 else meta.contiguous()
+    cfg = config or launch_config(t, n, k, _num_sms(x.device))
+    steps = _cdiv(k, cfg.block_k)
+    k_per_split = _cdiv(steps, cfg.split_k) * cfg.block_k
+    split = _cdiv(k, k_per_split)
+    grid = (_cdiv(n, cfg.block_n), split, _cdiv(t, cfg.block_t))
+    if split > 1:
+        ws = torch.empty((split, t, n), dtype=torch.float32, device=x.device)
+        counters = _tile_counters(x.device, grid[0] * grid[2])
+    else:
+        ws, counters = y, y  # unused
+    # 4 metadata bytes per load where rows allow it (every LLaMA shape: K % 32 == 0)
+    meta_words = (k % 32 == 0 and cfg.block_k % 32 == 0 and meta.stride(0) % 4 == 0
+                  and meta.storage_offset() % 4 == 0)
+    if meta_words:
+        meta = meta.view(torch.int32)
+    _sparse24_mm_kernel[grid](
+        x2, values, meta, bias if bias is not None else values, y, ws, counters,
+        t, n, k, k // 2, meta.shape[1], x2.stride(0), values.stride(0), meta.stride(0), y.stride(0), k_per_split, t * n,
+        HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k_per_split * split == k),
+        IEEE=x.dtype == torch.float32, META_WORDS=meta_words, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return y.reshape(*lead, n)
+
+
+# --------------------------------------------------------------------------- AOT gate cases
+# LLaMA2 linear shapes [out_features N, in_features K]: 7B (4096, 11008), 13B (5120, 13824),
+# 70B (8192, 28672; its q/o projection is 8192 x 8192)
+AOT_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (5120, 5120), (13824, 5120), (8192, 8192),
+              (28672, 8192), (8192, 28672))
+AOT_TOKENS = (1, 4, 16, 64, 1024)
+
+
+def aot_cases() -> list:
+    """``(label, zero-arg callable)`` per representative launch, for the AOT compile gate: each
+    callable calls the public :func:`sparse24_mm` with ``backend="triton"`` on uninitialised CPU
+    tensors of a LLaMA2 shape (decode T = 1, 4, 16, 64 and prefill T = 1024; fp16/bf16; with
+    and without bias). The gate's recording hook must stop the kernel from running (and let
+    the Triton backend be forced on CPU tensors, e.g. by patching
+    ``ria_kernels._backend.interpret_mode``)."""
+    cases = []
+    for n, k in AOT_SHAPES:
+        for t in AOT_TOKENS:
+            for dtype in (torch.float16, torch.bfloat16):
+                for has_bias in (False, True):
+                    label = f"sparse24_mm T={t} N={n} K={k} {str(dtype).split('.')[-1]}" + (" bias" if has_bias else "")
+                    cases.append((label, _aot_call(t, n, k, dtype, has_bias)))
+    return cases
+
+
+def _aot_call(t: int, n: int, k: int, dtype: torch.dtype, has_bias: bool):
+    def call():
+        x = torch.empty((t, k), dtype=dtype)
+        values = torch.empty((n, k // 2), dtype=dtype)
+        meta = torch.zeros((n, (k + 7) // 8), dtype=torch.uint8)
+        bias = torch.empty((n,), dtype=dtype) if has_bias else None
+        return sparse24_mm(x, values, meta, bias, backend="triton")
+    return call
