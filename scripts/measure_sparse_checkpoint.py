@@ -9,7 +9,8 @@ Prunes the embedded model to 2:4 (RIA, its calibration text), writes the dense H
 - the perplexity on the embedded evaluation text of the masked dense model, of the converted model,
   and of the model read back by ``load_sparse`` (must be identical to the converted one).
 
-    PYTHONPATH=$PWD python3 scripts/measure_sparse_checkpoint.py --dtype float32 [--permute] [--json out.json]
+    PYTHONPATH=$PWD python3 scripts/measure_sparse_checkpoint.py --dtype float32 [--permute]
+        [--max-eval-windows N] [--json out.json]
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--permute", action="store_true", help="channel permutation when pruning")
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=128)
+    ap.add_argument("--max-eval-windows", type=int, help="evaluate on the first N windows only (CPU time)")
     ap.add_argument("--out", help="directory for the two checkpoints (default: a temporary one)")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args(argv)
@@ -63,11 +65,13 @@ def main(argv=None) -> dict:
               "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, CPU",
               "date": time.strftime("%Y-%m-%d", time.gmtime()), "torch": torch.__version__, "dtype": args.dtype,
               "permute": args.permute, "eval_tokens": int(eval_ids.numel()), "seqlen": args.seqlen}
-    result["masked_dense_ppl"] = perplexity(model, eval_ids, args.seqlen)
+    ev = dict(max_windows=args.max_eval_windows)
+    result["eval_windows"] = min(eval_ids.numel() // args.seqlen, args.max_eval_windows or 1 << 62)
+    result["masked_dense_ppl"] = perplexity(model, eval_ids, args.seqlen, **ev)
     model.save_pretrained(dense_dir)
     tok.save_pretrained(dense_dir)
     rk.to_sparse_inference(model, report)
-    result["converted_ppl"] = perplexity(model, eval_ids, args.seqlen)
+    result["converted_ppl"] = perplexity(model, eval_ids, args.seqlen, **ev)
     rk.save_sparse(model, sparse_dir, report=report, tokenizer=tok, overwrite=True)
     sparse_paths = [n for n, m in model.named_modules() if isinstance(m, SparseLinear)]
     # a gathered linear's SparseLinear is <path>.linear; its dense weight was <path>.weight
@@ -82,7 +86,7 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     loaded = rk.load_sparse(sparse_dir)
     result["load_sparse_s"] = time.perf_counter() - t
-    result["reloaded_ppl"] = perplexity(loaded, eval_ids, args.seqlen)
+    result["reloaded_ppl"] = perplexity(loaded, eval_ids, args.seqlen, **ev)
     result["reloaded_identical"] = result["reloaded_ppl"] == result["converted_ppl"]
     print(json.dumps(result, indent=1))
     if args.json:

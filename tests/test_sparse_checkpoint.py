@@ -243,15 +243,26 @@ def test_cli_save_sparse_needs_24(tmp_path, capsys):
 
 
 def test_cli_save_sparse_writes_a_loadable_checkpoint(tmp_path, capsys):
+    from conftest import make_text
     from ria_kernels.cli import main
+    from ria_kernels.evaluation import eval_tokens, perplexity
+    model_dir = tmp_path / "model"
+    make_tiny_model("llama").save_pretrained(model_dir)
+    make_tiny_tokenizer(model_dir)
+    (tmp_path / "calib.txt").write_text(make_text(2000, seed=1))
+    (tmp_path / "eval.txt").write_text(make_text(2000, seed=2))
     out = tmp_path / "ck"
-    rc = main(["--sparsity-type", "2:4", "--nsamples", "2", "--seqlen", "32", "--max-eval-windows", "2",
-               "--no-dense-eval", "--quiet", "--save-sparse", str(out)])
+    rc = main(["--model", str(model_dir), "--calib-text", str(tmp_path / "calib.txt"), "--eval-text",
+               str(tmp_path / "eval.txt"), "--nsamples", "4", "--seqlen", "32", "--device", "cpu", "--quiet",
+               "--sparsity-type", "2:4", "--permute", "--sparse-inference", "--no-dense-eval",
+               "--save-sparse", str(out), "--json", str(tmp_path / "r.json")])
     assert rc == 0
     assert f"compressed 2:4 checkpoint: {out}" in capsys.readouterr().out
+    r = json.loads((tmp_path / "r.json").read_text())
     meta = sc.read_sparse_metadata(out)
-    assert meta["sparsity"] == "2:4" and meta["method"] == "ria"
+    assert (meta["sparsity"], meta["method"], meta["permute"]) == ("2:4", "ria", True)
     model = load_sparse(out)
-    assert any(isinstance(m, SparseLinear) for m in model.modules())
     from transformers import AutoTokenizer
-    assert AutoTokenizer.from_pretrained(out) is not None
+    tok = AutoTokenizer.from_pretrained(out)
+    ppl = perplexity(model, eval_tokens(tok, path=tmp_path / "eval.txt"), 32)
+    assert ppl == pytest.approx(r["sparse_inference_ppl"], rel=1e-6)
