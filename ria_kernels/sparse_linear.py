@@ -620,7 +620,7 @@ class SparseLinear(nn.Module):
         if self.memory == "dense":
             reasons["dense"] = None
         self._runnable: tuple[str, ...] = ()
-        if self.memory == "fast":
+        if self.memory == "fast" and self._forced != "sparse24":  # a forced compact kernel needs no copy
             forced_tc = self._forced in TENSOR_CORE_BACKENDS
             wanted = (self._forced,) if forced_tc else (self._candidates or FAST_CANDIDATES)
             can = backend_unavailable_reasons(dev, dt, n, k, wanted)
@@ -636,7 +636,8 @@ class SparseLinear(nn.Module):
                 self._set_copy(hold, self._tensor_core_copy(hold))
         else:
             for b in TENSOR_CORE_BACKENDS:
-                reasons[b] = f"memory={self.memory!r} holds no tensor-core copy"
+                reasons[b] = (f"memory={self.memory!r} holds no tensor-core copy" if self._forced != "sparse24"
+                              else "backend 'sparse24' forced: no tensor-core copy held")
         if self._forced is not None and reasons.get(self._forced) is not None:
             raise BackendUnavailableError(f"SparseLinear [{n}x{k} {dt}]: backend {self._forced!r} forced but "
                                           f"unavailable: {reasons[self._forced]}")

@@ -777,3 +777,11 @@ def test_fast_mode_in_cuda_graph_untuned_bucket_runs_compact():
             sl.os.environ[sl.ENV_AUTOTUNE] = os_env
     assert m.backend_for(8) == "sparse24"
     assert_rel_close(static_y, sparse_mm_reference(new_x, lin.weight, lin.bias), torch.float16)
+
+
+def test_forced_compact_kernel_holds_no_copy(monkeypatch, tmp_path):
+    FakeTensorCores(monkeypatch, runnable=("cusparselt",))
+    m = SparseLinear.from_linear(pruned_linear(32, 64, dtype=torch.float16), memory="fast", backend="sparse24")
+    assert m.backend == "sparse24" and m._held_copies() == [] and set(m.held_bytes()) == {"values", "meta", "bias"}
+    auto = SparseLinear.from_linear(pruned_linear(32, 64, dtype=torch.float16), memory="fast")
+    assert auto._held_copies() == ["cusparselt"]
