@@ -20,6 +20,8 @@ _LAZY = {
     "SparseLinear": "ria_kernels.sparse_linear",
     "channel_permutation": "ria_kernels.permutation",
     "to_sparse_inference": "ria_kernels.inference",
+    "save_sparse": "ria_kernels.sparse_checkpoint",
+    "load_sparse": "ria_kernels.sparse_checkpoint",
 }
 
 

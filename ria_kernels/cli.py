@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated lm-eval tasks, or 'default' (boolq,rte,hellaswag,arc_challenge,mnli); needs network")
     g = p.add_argument_group("output")
     g.add_argument("--save", metavar="DIR", help="write the pruned model (HF checkpoint) and tokenizer")
+    # --save-sparse (issue #11): compressed 2:4 checkpoint, read back with ria_kernels.load_sparse
+    g.add_argument("--save-sparse", metavar="DIR", help="2:4 only: convert with to_sparse_inference and write a "
+                   "compressed checkpoint (2:4 values + indices, permutations, config, tokenizer); load it with "
+                   "ria_kernels.load_sparse(DIR)")
     g.add_argument("--json", metavar="PATH", help="write the JSON report here")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("-v", "--verbose", action="store_true", help="log backend choices and timings")
@@ -209,6 +213,8 @@ def run(args) -> dict:
     from .pruning import prune_model
 
     spec = _check_args(args)  # fail before loading anything
+    if args.save_sparse and str(spec) != "2:4":  # --save-sparse (issue #11)
+        raise RiaInputError(f"--save-sparse needs --sparsity-type 2:4, got {spec}")
     sparsity = str(spec) if spec.is_nm else spec.ratio
     embedded = args.model is None
     nsamples = args.nsamples or (32 if embedded else 128)
@@ -286,6 +292,13 @@ def run(args) -> dict:
         t = time.perf_counter()
         result["sparse_inference_ppl"] = perplexity(model, eval_ids, seqlen, **ev)
         result["sparse_inference_eval_s"] = time.perf_counter() - t
+    if args.save_sparse:  # --save-sparse (issue #11): after the dense --save, converts in place if not done yet
+        from .inference import to_sparse_inference
+        from .sparse_checkpoint import save_sparse
+        if not args.sparse_inference:
+            to_sparse_inference(model, report)
+        result["saved_sparse_to"] = str(save_sparse(model, args.save_sparse, report=report, tokenizer=tok,
+                                                    overwrite=True))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
@@ -311,6 +324,8 @@ def _summary(r: dict) -> str:
         lines.append("  zero-shot: " + json.dumps(r["zero_shot"]))
     if r.get("saved_to"):
         lines.append(f"  saved to {r['saved_to']}")
+    if r.get("saved_sparse_to"):  # --save-sparse (issue #11)
+        lines.append(f"  compressed 2:4 checkpoint: {r['saved_sparse_to']}")
     if r.get("json"):
         lines.append(f"  JSON report: {r['json']}")
     return "\n".join(lines)

@@ -37,6 +37,16 @@ replacement modules of a layer are built before any of them is swapped in, and
 every converted layer is exact on its own, so an error part-way (e.g. a forced
 SparseLinear backend that rejects a shape) leaves a model with unchanged outputs.
 Models dispatched with accelerate offloading (meta weights) are rejected.
+
+Memory (``memory=``, passed to every ``SparseLinear``): ``"compact"`` (default) keeps only the
+compressed 2:4 format (<= 0.57x the dense linear bytes) and runs the compact kernel at every token
+count; ``"fast"`` adds one tensor-core copy for the token counts where it measures faster (<= 1.15x);
+``"dense"`` keeps the masked dense weight too (reference / debugging). See ``ria_kernels.sparse_linear``.
+
+One installation path: :func:`to_sparse_inference` (from a pruned dense model) and
+``ria_kernels.sparse_checkpoint.load_sparse`` (from a compressed checkpoint, described by
+:func:`conversion_layout`) both build the replacement modules with :func:`build_converted_module` /
+``SparseLinear``'s constructors and swap them in with :func:`install_modules`.
 """
 from __future__ import annotations
 
@@ -51,7 +61,7 @@ from ._logging import log_once, logger
 from .models import ModelAdapter, get_adapter
 from .models.base import LinearGroup
 from .ops.rms_norm import check_permutation, permuted_rms_norm
-from .sparse_linear import SparseLinear, is_2to4
+from .sparse_linear import SparseLinear, is_2to4, requested_backend, resolve_memory
 
 O_PROJ_MODES = ("auto", "gather")
 
@@ -61,7 +71,7 @@ class PermutedRMSNorm(nn.Module):
     Holds ``weight[perm]`` (the kernel reads the weight in output order) and ``perm``,
     validated once here so the hot path skips the check (a device sync)."""
 
-    def __init__(self, weight: torch.Tensor, perm: torch.Tensor, eps: float):
+    def __init__(self, weight: torch.Tensor, perm: torch.Tensor, eps: float, *, weight_permuted: bool = False):
         super().__init__()
         if weight.dim() != 1:
             raise RiaInputError(f"weight must be 1-D, got shape {tuple(weight.shape)}")
@@ -69,7 +79,9 @@ class PermutedRMSNorm(nn.Module):
         check_permutation(perm, weight.shape[0])
         self.hidden_size = weight.shape[0]
         self.eps = float(eps)
-        self.weight = nn.Parameter(weight.detach().index_select(0, perm).contiguous(), requires_grad=False)
+        # weight_permuted: ``weight`` is already ``weight[perm]`` (read back from a compressed checkpoint)
+        w = weight.detach() if weight_permuted else weight.detach().index_select(0, perm)
+        self.weight = nn.Parameter(w.contiguous(), requires_grad=False)
         self.register_buffer("perm", perm.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,8 +122,8 @@ class InputPermutedLinear(nn.Module):
 
     def __init__(self, linear: nn.Module, perm: torch.Tensor):
         super().__init__()
-        weight = getattr(linear, "weight", None)  # None for a SparseLinear with a forced sparse backend
-        perm = perm.to(perm.device if weight is None else weight.device, torch.long)
+        held = next(iter([*linear.parameters(), *linear.buffers()]), None)  # SparseLinear: no dense weight
+        perm = perm.to(perm.device if held is None else held.device, torch.long)
         check_permutation(perm, linear.in_features)
         self.linear = linear
         self.register_buffer("perm", perm.contiguous())
@@ -125,7 +137,7 @@ class InputPermutedLinear(nn.Module):
         return self.linear.out_features
 
     @property
-    def weight(self) -> torch.Tensor:  # in permuted input order
+    def weight(self) -> torch.Tensor | None:  # in permuted input order; None for a compact SparseLinear
         return self.linear.weight
 
     @property
@@ -314,7 +326,8 @@ def _new_linear(lin: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | 
     return new
 
 
-def _build_layer(adapter: ModelAdapter, layer: nn.Module, plan: _LayerPlan, backend) -> dict[str, nn.Module]:
+def _build_layer(adapter: ModelAdapter, layer: nn.Module, plan: _LayerPlan, backend,
+                 memory) -> dict[str, nn.Module]:
     new: dict[str, nn.Module] = {}
     for n in adapter.linear_names():
         lin = layer.get_submodule(n)
@@ -323,10 +336,9 @@ def _build_layer(adapter: ModelAdapter, layer: nn.Module, plan: _LayerPlan, back
             continue  # dense and unpermuted: keep the module as it is
         mod: nn.Module = _new_linear(lin, rows, cols) if (rows is not None or cols is not None) else lin
         if plan.sparse[n]:
-            mod = SparseLinear.from_linear(mod, backend=backend)
-        if n in plan.gather:
-            mod = InputPermutedLinear(mod, plan.gather[n].to(lin.weight.device))
-        new[n] = mod
+            mod = SparseLinear.from_linear(mod, backend=backend, memory=memory)
+        new[n] = mod if n not in plan.gather else \
+            build_converted_module({"kind": "gather"}, {"perm": plan.gather[n]}, inner=mod)
     for norm_path, perm in plan.norms.items():
         norm = layer.get_submodule(norm_path)
         weight, bias, eps = adapter.norm_params(norm)
@@ -340,28 +352,104 @@ def _build_layer(adapter: ModelAdapter, layer: nn.Module, plan: _LayerPlan, back
     return new
 
 
+# -- the one installation path (to_sparse_inference and load_sparse) ---------------
+CONVERTED_KINDS = ("sparse_linear", "gather", "permuted_rms_norm", "permuted_layer_norm")
+
+
+def conversion_layout(model: nn.Module) -> dict[str, dict]:
+    """``{module path: spec}`` of every module :func:`to_sparse_inference` installed in ``model``
+    (JSON-safe; ``spec["kind"]`` in ``CONVERTED_KINDS``; a gather's spec has its ``inner`` spec).
+    Together with the modules' tensors (``state_dict``) it rebuilds them: :func:`build_converted_module`."""
+    layout: dict[str, dict] = {}
+    inside_gather: set[str] = set()
+    for name, mod in model.named_modules():
+        if any(name.startswith(g + ".") for g in inside_gather):
+            continue
+        spec = _module_spec(mod)
+        if spec is not None:
+            layout[name] = spec
+            if spec["kind"] == "gather":
+                inside_gather.add(name)
+    return layout
+
+
+def _module_spec(mod: nn.Module) -> dict | None:
+    if isinstance(mod, InputPermutedLinear):
+        inner = _module_spec(mod.linear)
+        return {"kind": "gather", "inner": inner if inner is not None else
+                {"kind": "linear", "in_features": mod.linear.in_features, "out_features": mod.linear.out_features,
+                 "bias": mod.linear.bias is not None}}
+    if isinstance(mod, SparseLinear):
+        return {"kind": "sparse_linear", "in_features": mod.in_features, "out_features": mod.out_features,
+                "bias": mod.bias is not None}
+    if isinstance(mod, PermutedRMSNorm):
+        return {"kind": "permuted_rms_norm", "eps": mod.eps, "hidden_size": mod.hidden_size}
+    if isinstance(mod, PermutedLayerNorm):
+        return {"kind": "permuted_layer_norm", "eps": mod.eps, "hidden_size": mod.hidden_size,
+                "weight": mod.weight is not None, "bias": mod.bias is not None}
+    return None
+
+
+def build_converted_module(spec: dict, tensors: dict[str, torch.Tensor], *, inner: nn.Module | None = None,
+                           backend: str | None = None, memory: str | None = None) -> nn.Module:
+    """The module ``spec`` describes, from its ``tensors`` (its own ``state_dict`` keys, e.g.
+    ``values``/``meta``/``bias`` of a SparseLinear, already in permuted order) -- or, for a gather,
+    around the already-built ``inner`` module."""
+    kind = spec.get("kind")
+    try:
+        if kind == "gather":
+            if inner is None:
+                inner_t = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("linear.")}
+                inner = build_converted_module(spec["inner"], inner_t, backend=backend, memory=memory)
+            return InputPermutedLinear(inner, tensors["perm"])
+        if kind == "sparse_linear":
+            return SparseLinear.from_compressed(tensors["values"], tensors["meta"], tensors.get("bias"),
+                                                backend=backend, memory=memory)
+        if kind == "linear":
+            lin = nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"], device="meta")
+            lin.weight = nn.Parameter(tensors["weight"], requires_grad=False)
+            if spec["bias"]:
+                lin.bias = nn.Parameter(tensors["bias"], requires_grad=False)
+            return lin
+        if kind == "permuted_rms_norm":
+            return PermutedRMSNorm(tensors["weight"], tensors["perm"], spec["eps"], weight_permuted=True)
+        if kind == "permuted_layer_norm":
+            return PermutedLayerNorm(tensors.get("weight"), tensors.get("bias"), tensors["perm"], spec["eps"],
+                                     spec["hidden_size"])
+    except KeyError as exc:
+        raise RiaInputError(f"a {kind} module needs the tensor {exc.args[0]!r}, which is missing") from None
+    raise RiaInputError(f"unknown converted module kind {kind!r} (one of {CONVERTED_KINDS})")
+
+
+def install_modules(root: nn.Module, new: dict[str, nn.Module]) -> None:
+    """Swap the built modules into ``root`` at their paths (relative to ``root``)."""
+    for path, mod in new.items():
+        root.set_submodule(path, mod)
+
+
 @torch.no_grad()
 def to_sparse_inference(model: nn.Module, report=None, *, backend: str | None = None,
-                        o_proj: str = "auto") -> nn.Module:
+                        memory: str | None = None, o_proj: str = "auto") -> nn.Module:
     """Convert a pruned model **in place** for sparse inference and return it.
 
     ``report``: the :class:`~ria_kernels.pruning.PruneReport` of ``prune_model`` (its
     ``permutations`` are applied for real) or None (2:4 linears converted unpermuted).
     Every linear that is 2:4 (in its permuted channel order) becomes a
-    :class:`~ria_kernels.SparseLinear` (``backend`` is passed to
-    ``SparseLinear.from_linear``); the others stay dense ``nn.Linear``. ``o_proj``:
+    :class:`~ria_kernels.SparseLinear` (``backend`` and ``memory`` -- ``"compact"`` by default,
+    ``"fast"``, or ``"dense"`` for reference -- are passed to ``SparseLinear.from_linear``; see
+    ``ria_kernels.sparse_linear`` for the modes); the others stay dense ``nn.Linear``. ``o_proj``:
     ``"auto"`` folds the attention-output permutation into v_proj when that is legal
     and gathers at run time otherwise; ``"gather"`` always gathers. Outputs equal
     the masked dense model's up to float rounding.
     """
     adapter = get_adapter(model)
+    resolve_memory(memory, requested_backend(backend))  # a contradiction fails before anything is built
     plans = _plan(model, adapter, report, o_proj)
     layers = adapter.layers()
     counts = {"sparse": 0, "dense": 0, "gather": 0, "folded": 0, "norms": 0}
     for layer, plan in zip(layers, plans):
-        new = _build_layer(adapter, layer, plan, backend)  # all built before any swap: a layer is atomic
-        for path, mod in new.items():
-            layer.set_submodule(path, mod)
+        new = _build_layer(adapter, layer, plan, backend, memory)  # all built before any swap: a layer is atomic
+        install_modules(layer, new)
         counts["sparse"] += sum(plan.sparse.values())
         counts["dense"] += sum(not v for v in plan.sparse.values())
         counts["gather"] += len(plan.gather)
@@ -378,4 +466,5 @@ def to_sparse_inference(model: nn.Module, report=None, *, backend: str | None = 
 
 
 __all__ = ["to_sparse_inference", "PermutedRMSNorm", "PermutedLayerNorm", "InputPermutedLinear",
-           "head_local_permutation", "O_PROJ_MODES"]
+           "head_local_permutation", "O_PROJ_MODES", "conversion_layout", "build_converted_module",
+           "install_modules"]

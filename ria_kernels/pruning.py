@@ -371,7 +371,7 @@ def _prune_group(adapter, layer_index, group, linears, stats: dict[str, LinearSt
                 new_w, _ = sparsegpt_prune(w.data, stats[n].hessian, layer_spec, blocksize=blocksize,
                                            percdamp=percdamp, mask=masks[n])
                 w.data.copy_(new_w.to(w.device))
-            w.data.mul_(masks[n].to(w.device, w.dtype))
+            w.data.masked_fill_(~masks[n].to(w.device), 0)  # +0.0: mul_ left -0.0 for negative weights
             times[n] += time.perf_counter() - t0
         if perm_result is not None:
             key = f"{adapter.full_name(layer_index, '')}.{group.name}"

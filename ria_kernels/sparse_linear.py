@@ -1,29 +1,53 @@
-"""``SparseLinear``: a drop-in ``nn.Linear`` replacement for a pruned 2:4 weight.
+"""``SparseLinear``: a drop-in ``nn.Linear`` replacement holding ONE compressed 2:4 weight.
 
-``SparseLinear.from_linear(linear, *, backend=None)`` validates the pattern and
-compresses the weight once for the backends this module may run:
+Storage. The weight is kept in the compressed 2:4 format of :mod:`ria_kernels.ops.sparse24_mm`
+(kept values ``[N, K/2]`` + packed 2-bit in-group indices), as the registered buffers ``values``
+and ``meta`` -- so ``.to()``, ``state_dict``, ``torch.compile`` and CUDA graphs see them -- and
+**no dense copy** unless asked. What else a module holds is its *memory mode*, chosen at conversion
+(``SparseLinear.from_linear(..., memory=)``, ``to_sparse_inference(..., memory=)``):
 
-- ``cusparselt``: this extension's cuSPARSELt matmul (searched algorithm config per token bucket),
-- ``cutlass``: this extension's CUTLASS 2:4 kernel,
-- ``torch_semi_structured``: torch's ``to_sparse_semi_structured`` (its own cuSPARSELt or CUTLASS),
-- ``dense``: ``F.linear`` of the masked weight.
+- ``"compact"`` (the default): only the compressed format, 0.5625x the dense fp16/bf16 weight bytes
+  (half the values + 4 bits of indices per group of 4). Every token count runs ``sparse24_mm`` (the
+  Triton 2:4 kernel on CUDA; its torch reference on CPU).
+- ``"fast"``: compact + ONE tensor-core compressed copy (cuSPARSELt, or this extension's CUTLASS
+  kernel where cuSPARSELt cannot run), built from the compact format (a transient dense tile per
+  linear at build time only), about 1.125x the dense weight bytes (<= 1.15x). It runs for the token
+  buckets where it measured faster than the compact kernel (prefill), the compact kernel elsewhere.
+  :meth:`SparseLinear.tune` also times the other tensor-core candidates (the CUTLASS sm90 kernel on
+  Hopper) from transient copies and keeps the copy that wins most buckets.
+- ``"dense"``: compact + the masked dense weight, run by ``F.linear`` -- for reference and debugging
+  only (about 1.56x the dense bytes).
+
+The dense weight is never rebuilt at run time. Why compact is the default: decode (a few tokens per
+step) is memory-bound, its time is the weight bytes read, so the format that reads 0.5625x the bytes
+is both the smallest and the one expected fastest at small token counts (limit 1/0.5625 = 1.78x dense);
+at large token counts (prefill, compute-bound) sparse tensor cores can win, which is what ``fast``
+adds, at the price of a second copy. No GPU number is claimed here: the benchmarks measure it.
+
+Backends: ``sparse24`` (compact kernel), ``cusparselt``, ``cutlass`` (sm90 wgmma kernel on Hopper,
+else sm80), ``torch_semi_structured`` (torch's own 2:4 tensor; forced only), ``dense``.
 
 Backend selection (:func:`choose_backend` is the one dispatch point; :func:`requested_backend`
 applies the precedence): an explicit ``backend=`` argument, else the env override
 ``RIA_KERNELS_SPARSE_BACKEND`` (read when the module is built), else automatic. A forced
 backend that cannot run raises ``BackendUnavailableError`` naming the reason.
-Automatic: CPU tensors run dense; on CUDA, per token bucket (next power of two of the
-token count), the fastest of the available sparse backends and dense according to a
-measured table; a sparse backend is chosen only when it measured at least
-``SPARSE_MARGIN`` faster than dense, so small (decode) batches never run slower than dense.
-The table is filled by timing on the first eager use of a bucket (CUDA events) or ahead of
-time by :meth:`SparseLinear.tune` / :func:`tune_model`, and persisted as JSON in
-``$RIA_KERNELS_CACHE_DIR/sparse_linear.json`` (default ``~/.cache/ria_kernels``), keyed by
-device, torch and cuSPARSELt versions; searched cuSPARSELt configs are stored with it, so
-plans are reusable across processes. Under ``torch.compile`` tracing or CUDA-graph capture
-nothing is timed: a bucket with a table entry uses it, any other runs dense. Warm up (or
-``tune``) every token count before capturing a CUDA graph: plan creation must not happen
-during capture. ``RIA_KERNELS_SPARSE_AUTOTUNE=0`` disables timing on first use.
+Automatic: the compact kernel, unless the module holds a tensor-core copy (fast mode, on CUDA) and
+that copy measured at least ``SPARSE_MARGIN`` faster than the compact kernel for this token bucket
+(next power of two of the token count). The table is filled by timing on the first eager use of a
+bucket (CUDA events, L2 flushed before every timed call so every candidate streams its weight from
+memory) or ahead of time by :meth:`SparseLinear.tune` / :func:`tune_model`, and persisted as JSON in
+``$RIA_KERNELS_CACHE_DIR/sparse_linear.json`` (default ``~/.cache/ria_kernels``), keyed by device,
+torch and cuSPARSELt versions; searched cuSPARSELt configs are stored with it.
+
+CUDA graphs: nothing is timed, searched or planned during capture. A bucket without a table entry runs
+the compact kernel; a cuSPARSELt bucket runs only if its plan (per token count padded to 8, config and
+bias pointer) was created by an eager call before the capture, else the compact kernel runs (logged);
+a *forced* cuSPARSELt without that plan refuses with ``BackendUnavailableError``. Warm up (one eager
+call at each token count you will capture) or :meth:`SparseLinear.prepare_capture` first.
+``RIA_KERNELS_SPARSE_AUTOTUNE=0`` disables timing on first use.
+
+Signed zeros: every compression (compact format, cuSPARSELt, CUTLASS, torch's 2:4 tensor) gets its
+weight through :func:`positive_zeros` first (-0.0 -> +0.0; CUTLASS's compressor mishandles -0.0).
 """
 from __future__ import annotations
 
@@ -43,23 +67,41 @@ from torch import nn
 from ._errors import BackendUnavailableError, RiaInputError
 from ._logging import log_once, logger
 from .ops import sparse_mm
+from .ops.sparse24_mm import SUPPORTED_DTYPES as SPARSE24_DTYPES
+from .ops.sparse24_mm import compress_24, decompress_24, sparse24_mm
 
-BACKENDS = ("cusparselt", "cutlass", "torch_semi_structured", "dense")
-SPARSE_BACKENDS = BACKENDS[:3]
+BACKENDS = ("sparse24", "cusparselt", "cutlass", "torch_semi_structured", "dense")
+# backends that need their own compressed copy of the weight (sparse tensor cores, CUDA only)
+TENSOR_CORE_BACKENDS = ("cusparselt", "cutlass", "torch_semi_structured")
+# fast mode's automatic candidates for its one tensor-core copy, in the order the copy is picked
+# before anything is timed (ours first: cached plans, fused epilogue). torch_semi_structured is
+# forced-only: it plans inside every call, so it cannot honour the CUDA-graph rules above.
+FAST_CANDIDATES = ("cusparselt", "cutlass")
+MEMORY_MODES = ("compact", "fast", "dense")
+DEFAULT_MEMORY = "compact"
 ENV_BACKEND = "RIA_KERNELS_SPARSE_BACKEND"
 ENV_CACHE_DIR = "RIA_KERNELS_CACHE_DIR"
 ENV_AUTOTUNE = "RIA_KERNELS_SPARSE_AUTOTUNE"
-# a sparse backend must beat dense by this fraction of dense's time to be chosen: timing
-# noise must not flip a bucket to a kernel that is in fact as slow or slower
+# a tensor-core backend must beat the compact kernel by this fraction of its time to be chosen:
+# timing noise must not flip a bucket to a kernel that is in fact as slow or slower
 SPARSE_MARGIN = 0.03
 # (out_features, in_features) multiples each extension backend accepts for fp16/bf16; for
 # cutlass the sm80 kernel's, the loosest-to-state bound when the GPU's kernel is not known yet
 # (sparse_mm.CUTLASS_SHAPE_MULTIPLES per kernel; torch's own path: its
 # SparseSemiStructuredTensor*._DTYPE_SHAPE_CONSTRAINTS)
 SHAPE_MULTIPLES = {"cusparselt": (16, 16), "cutlass": sparse_mm.CUTLASS_SHAPE_MULTIPLES["sm80"]}
-# cuSPARSELt config used when none was searched for a bucket and searching is not possible
-# (tracing / capture): algorithm 0, no split-K -- never triggers a search
+# cuSPARSELt config used by a forced cusparselt under torch.compile tracing when no config was
+# searched for the bucket: algorithm 0, no split-K -- never triggers a search
 DEFAULT_CSLT_CONFIG = (0, 1, 0)
+# cuSPARSELt pads the token count to a multiple of this (csrc/cslt_matmul.cpp kDenseMultiple);
+# its plans are cached per padded count
+CSLT_TOKEN_MULTIPLE = 8
+
+
+def positive_zeros(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` with every -0.0 replaced by +0.0 (a new tensor; other values unchanged). Applied
+    before every 2:4 compression: vLLM (PR 13198) found CUTLASS's compressor mis-packs -0.0 entries."""
+    return weight.masked_fill(weight == 0, 0)
 
 
 # --------------------------------------------------------------------------- pattern
@@ -133,12 +175,12 @@ def torch_semi_structured(weight: torch.Tensor, impl: str | None = None) -> torc
            "cutlass": SparseSemiStructuredTensorCUTLASS}.get(impl)
     if cls is None:
         raise RiaInputError(f"impl must be None, 'cusparselt' or 'cutlass', got {impl!r}")
-    return cls.from_dense(weight.contiguous())
+    return cls.from_dense(positive_zeros(weight).contiguous())
 
 
 def backend_unavailable_reasons(device: torch.device, dtype: torch.dtype, out_features: int,
                                 in_features: int, backends: Sequence[str] = BACKENDS) -> dict[str, str | None]:
-    """``{backend: None if it can run this weight, else why not}``. Never loads the extension
+    """``{backend: None if it can run this weight here, else why not}``. Never loads the extension
     without CUDA (so CPU-only machines never try to build it)."""
     device = torch.device(device)
     out: dict[str, str | None] = {}
@@ -156,6 +198,9 @@ def backend_unavailable_reasons(device: torch.device, dtype: torch.dtype, out_fe
     for b in backends:
         if b == "dense":
             out[b] = None
+            continue
+        if b == "sparse24":  # the compact format: Triton kernel on CUDA, its torch reference elsewhere
+            out[b] = None if dtype in SPARSE24_DTYPES else f"the compact 2:4 format needs one of {SPARSE24_DTYPES}, got {dtype}"
             continue
         if common is not None:
             out[b] = common
@@ -201,11 +246,12 @@ def choose_backend(requested: str | None, *, device_type: str, unavailable: Mapp
     """Pick the backend for one call; returns ``(backend, why)``.
 
     ``requested``: the forced backend from :func:`requested_backend` (``None``: automatic).
-    ``unavailable``: the module's candidate backends, each mapped to ``None`` (can run) or the
+    ``unavailable``: the module's backends, each mapped to ``None`` (held and can run) or the
     reason it cannot. ``timings``: measured medians in ms for this (shape, dtype, token bucket),
-    or ``None``; ``measure(backends)`` produces them when allowed (``None`` during tracing or
-    graph capture). Rules: forced wins (raises when unavailable); CPU runs dense; otherwise the
-    fastest measured sparse backend if it beats dense by ``margin``, else dense.
+    or ``None``; ``measure(backends)`` produces them when allowed (``None`` during tracing, graph
+    capture or with autotune off). Rules: forced wins (raises when unavailable); otherwise the
+    compact kernel (``sparse24``, always held) unless a held tensor-core backend measured at least
+    ``margin`` faster than it on CUDA. Never dense in automatic mode: it is not held.
     """
     if requested is not None:
         if requested not in BACKENDS:
@@ -215,27 +261,27 @@ def choose_backend(requested: str | None, *, device_type: str, unavailable: Mapp
         if unavailable[requested] is not None:
             raise BackendUnavailableError(f"backend {requested!r} forced but unavailable: {unavailable[requested]}")
         return requested, "forced"
-    if device_type != "cuda":
-        return "dense", f"{device_type} tensors run dense"
-    usable = [b for b in SPARSE_BACKENDS if b in unavailable and unavailable[b] is None]
+    usable = [b for b in TENSOR_CORE_BACKENDS if b in unavailable and unavailable[b] is None]
     if not usable:
-        why = "; ".join(f"{b}: {r}" for b, r in unavailable.items() if r is not None) or "none prepared"
-        return "dense", f"no sparse backend can run ({why})"
+        why = "; ".join(f"{b}: {r}" for b, r in unavailable.items() if r is not None) or "compact memory mode"
+        return "sparse24", f"compact 2:4 kernel (no tensor-core copy: {why})"
+    if device_type != "cuda":
+        return "sparse24", f"{device_type} tensors run the compact 2:4 kernel"
     if timings is None:
         if measure is None:
-            return "dense", "no measured entry for this token bucket and timing is not possible now " \
-                            "(torch.compile tracing / CUDA-graph capture / autotune off)"
-        timings = measure(usable + ["dense"])
-    if "dense" not in timings:
-        return "dense", "no dense timing to compare against"
+            return "sparse24", ("compact 2:4 kernel: no measured entry for this token bucket and timing is not "
+                                "possible now (torch.compile tracing / CUDA-graph capture / autotune off)")
+        timings = measure(usable + ["sparse24"])
+    if "sparse24" not in timings:
+        return "sparse24", "compact 2:4 kernel: no compact-kernel timing to compare against"
     timed = [(timings[b], b) for b in usable if b in timings and math.isfinite(timings[b])]
     if not timed:
-        return "dense", "no sparse backend was timed"
+        return "sparse24", "compact 2:4 kernel: no tensor-core backend was timed"
     best_ms, best = min(timed)
-    dense_ms = timings["dense"]
-    if best_ms <= dense_ms * (1.0 - margin):
-        return best, f"measured {best} {best_ms:.4g} ms vs dense {dense_ms:.4g} ms"
-    return "dense", f"dense {dense_ms:.4g} ms; best sparse {best} {best_ms:.4g} ms is not {margin:.0%} faster"
+    base_ms = timings["sparse24"]
+    if best_ms <= base_ms * (1.0 - margin):
+        return best, f"measured {best} {best_ms:.4g} ms vs compact {base_ms:.4g} ms"
+    return "sparse24", f"compact {base_ms:.4g} ms; best tensor-core {best} {best_ms:.4g} ms is not {margin:.0%} faster"
 
 
 # --------------------------------------------------------------------------- measured table
@@ -248,11 +294,11 @@ class TuneTable:
     """Measured per-shape timings: ``{section: {key: entry}}`` persisted as JSON.
 
     section = device + torch + cuSPARSELt versions (:func:`device_section`);
-    key = :func:`shape_key`; entry = ``{"ms": {backend: median ms}, "choice": str,
+    key = :func:`shape_key`; entry = ``{"ms": {backend: median ms (always "sparse24")}, "choice": str,
     "cslt_config": [alg_id, split_k, split_k_mode] | None, "tokens": int, "date": str}``.
     """
 
-    VERSION = 1
+    VERSION = 2  # 2: timings are compared against the compact kernel ("sparse24"), not dense
 
     def __init__(self, path: str | os.PathLike | None = None, data: dict | None = None):
         self.path = None if path is None else Path(path)
@@ -339,25 +385,61 @@ def shape_key(out_features: int, in_features: int, dtype: torch.dtype, has_bias:
     return f"N={out_features},K={in_features},{str(dtype).replace('torch.', '')},bias={int(has_bias)},T={bucket}"
 
 
-def _time_ms(fn: Callable[[], object], target_ms: float = 5.0, groups: int = 5) -> float:
-    """Median ms per call of ``fn`` over ``groups`` groups of back-to-back calls (CUDA events)."""
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+# --------------------------------------------------------------------------- timing
+# L2 size assumed when the device does not report one (bigger than any current NVIDIA L2)
+DEFAULT_L2_BYTES = 128 << 20
+_FLUSH_BUFFERS: dict[tuple[str, int], torch.Tensor] = {}
+
+
+def l2_cache_bytes(device: torch.device) -> int:
+    """The L2 size of ``device`` (``DEFAULT_L2_BYTES`` when unknown or not CUDA)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEFAULT_L2_BYTES
+    size = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)
+    return int(size) if size and size > 0 else DEFAULT_L2_BYTES
+
+
+def l2_flusher(device: torch.device, nbytes: int | None = None) -> Callable[[], None]:
+    """A function that overwrites a buffer of ``nbytes`` (default twice the L2 size) on ``device``,
+    evicting whatever the previous call left in L2. The buffer is allocated once per size."""
+    device = torch.device(device)
+    size = int(nbytes) if nbytes is not None else 2 * l2_cache_bytes(device)
+    key = (str(device), size)
+    buf = _FLUSH_BUFFERS.get(key)
+    if buf is None:
+        buf = _FLUSH_BUFFERS[key] = torch.empty(size, dtype=torch.uint8, device=device)
+    return buf.zero_
+
+
+def _cuda_event() -> "torch.cuda.Event":
+    return torch.cuda.Event(enable_timing=True)
+
+
+def _time_ms(fn: Callable[[], object], *, flush: Callable[[], object], target_ms: float = 5.0,
+             min_reps: int = 5, max_reps: int = 100, new_event: Callable[[], object] = _cuda_event,
+             synchronize: Callable[[], None] = torch.cuda.synchronize) -> float:
+    """Median device ms of ONE call of ``fn``: every rep is ``flush(); start; fn(); end`` with its own
+    event pair, so every call streams its weight from memory (not from an L2 the previous call
+    filled -- back-to-back calls on one small compressed weight would favour it at decode sizes) and
+    the flush is not timed. ``new_event`` / ``synchronize`` are seams for CPU tests."""
+    fn()  # warm-up: compilation, plan creation
+    synchronize()
+    flush()
+    start, end = new_event(), new_event()
     start.record()
     fn()
     end.record()
-    end.synchronize()
-    reps = max(1, min(50, int(target_ms / max(start.elapsed_time(end), 1e-3))))
-    times = []
-    for _ in range(groups):
+    synchronize()
+    reps = max(min_reps, min(max_reps, int(target_ms / max(start.elapsed_time(end), 1e-3))))
+    pairs = [(new_event(), new_event()) for _ in range(reps)]
+    for start, end in pairs:
+        flush()
         start.record()
-        for _ in range(reps):
-            fn()
+        fn()
         end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    times.sort()
+    synchronize()
+    times = sorted(s.elapsed_time(e) for s, e in pairs)
     return times[len(times) // 2]
 
 
@@ -369,96 +451,238 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
+def _cslt_matmul(x2: torch.Tensor, compressed: torch.Tensor, out_features: int, bias: torch.Tensor | None,
+                 cfg: tuple[int, int, int]) -> torch.Tensor:
+    """The extension's cuSPARSELt matmul (unchecked hot path; a seam for CPU tests)."""
+    alg, split_k, mode = cfg
+    return torch.ops.ria_kernels.cslt_mm(x2, compressed, out_features, bias, None, alg, split_k, mode)
+
+
+def _compress_for_backend(backend: str, dense: torch.Tensor):
+    """The compressed copy ``backend`` runs, from the (2:4, signed-zero-normalised here) dense
+    weight: cuSPARSELt's opaque buffer, CUTLASS's (values, metadata), or torch's 2:4 tensor."""
+    dense = positive_zeros(dense).contiguous()
+    if backend == "cusparselt":
+        return sparse_mm.cslt_compress(dense)
+    if backend == "cutlass":
+        return tuple(sparse_mm.cutlass_compress(dense))
+    if backend == "torch_semi_structured":
+        return torch_semi_structured(dense)
+    raise RiaInputError(f"{backend!r} is not a tensor-core backend {TENSOR_CORE_BACKENDS}")
+
+
+def resolve_memory(memory: str | None, forced: str | None) -> str:
+    """The memory mode for ``memory`` and the forced backend: ``None`` -> ``DEFAULT_MEMORY``, or what a
+    forced backend needs (dense -> ``"dense"``, a tensor-core backend -> ``"fast"``). RiaInputError
+    when they contradict each other."""
+    if memory is None:
+        if forced == "dense":
+            return "dense"
+        return "fast" if forced in TENSOR_CORE_BACKENDS else DEFAULT_MEMORY
+    if not isinstance(memory, str) or memory not in MEMORY_MODES:
+        raise RiaInputError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+    if forced == "dense" and memory != "dense":
+        raise RiaInputError(f"backend 'dense' needs memory='dense' (memory={memory!r} keeps no dense weight; "
+                            "the dense weight is kept only for reference/debugging)")
+    if forced in TENSOR_CORE_BACKENDS and memory != "fast":
+        raise RiaInputError(f"backend {forced!r} needs memory='fast' (memory={memory!r} holds no tensor-core "
+                            "compressed copy)")
+    return memory
+
+
 # --------------------------------------------------------------------------- the module
 class SparseLinear(nn.Module):
     """``y = x W^T + b`` with a 2:4-sparse ``W [out_features, in_features]``; drop-in for ``nn.Linear``.
 
-    Memory kept: the masked dense ``weight`` (a parameter) only when ``dense`` may run
-    (automatic mode, or ``backend="dense"``; ``weight`` is ``None`` for a forced sparse
-    backend), plus one compressed copy per prepared sparse backend (about 0.56x the dense
-    weight each: half the values + metadata). Automatic mode prepares one sparse backend, the
-    first that can run of cusparselt > cutlass > torch_semi_structured (about 1.56x the dense
-    weight in all, since dense must stay available for decode-sized inputs); ``candidates``
-    names the sparse backends to prepare and time instead; :meth:`release_unused` frees
-    those no tuned bucket chose.
-    Compressed copies are plain attributes built on the weight's device: build the module on
-    the device it will run on (``.to()`` moves only ``weight`` / ``bias``).
+    Held (see the module docstring for the modes): buffers ``values`` / ``meta`` (the compact 2:4
+    format, always; persistent: they are the ``state_dict``), ``bias`` (a parameter, or None),
+    ``weight`` (the masked dense weight, a parameter, only with ``memory="dense"``; else None),
+    and with ``memory="fast"`` one tensor-core copy as non-persistent buffers (``cslt_weight``, or
+    ``cutlass_values`` / ``cutlass_meta``), rebuilt from the compact format whenever ``.to()``
+    changes the device or dtype. :meth:`held_bytes` itemises them; :meth:`dense_weight`
+    decompresses the weight on demand (tests, debugging -- never on the forward path).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str | None = None, *,
-                 candidates: Sequence[str] | None = None):
+                 memory: str | None = None, candidates: Sequence[str] | None = None):
         super().__init__()
         check_2to4(weight)
-        n, k = weight.shape
-        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (n,)):
-            raise RiaInputError(f"bias must have shape [{n}], got {getattr(bias, 'shape', type(bias))}")
-        if not weight.dtype.is_floating_point:
-            raise RiaInputError(f"weight must be floating point, got {weight.dtype}")
-        self.in_features, self.out_features = k, n
-        self._dtype, self._device = weight.dtype, weight.device
-        forced = requested_backend(backend)
-        if candidates is not None:
-            bad = [c for c in candidates if c not in SPARSE_BACKENDS]
-            if bad:
-                raise RiaInputError(f"candidates must be sparse backends from {SPARSE_BACKENDS}, got {bad}")
-        wanted = (forced,) if forced else (*[b for b in SPARSE_BACKENDS if candidates is None or b in candidates],
-                                           "dense")
-        reasons = backend_unavailable_reasons(weight.device, weight.dtype, n, k, wanted)
-        if forced is None and candidates is None:
-            # memory: by default one compressed copy, of the first backend that can run in
-            # preference order (ours first: cached plans, epilogue); candidates= times more
-            first = next((b for b in SPARSE_BACKENDS if reasons.get(b, "") is None), None)
-            for b in SPARSE_BACKENDS:
-                if b != first and reasons.get(b, "") is None:
-                    reasons[b] = f"not prepared: automatic mode prepares {first} only (pass candidates= to add it)"
-        if forced is not None and reasons[forced] is not None:
-            raise BackendUnavailableError(f"SparseLinear [{n}x{k} {weight.dtype}]: backend {forced!r} forced "
-                                          f"but unavailable: {reasons[forced]}")
-        # only backends that can run are prepared; unavailable ones keep their reason for the log
-        self._unavailable = reasons
-        self._forced = forced
-        usable = [b for b in wanted if reasons[b] is None]
-        self.backend = forced or ("auto" if any(b != "dense" for b in usable) else "dense")
-        w = weight.detach()
-        if not w.is_contiguous():
-            w = w.contiguous()
-        self.weight = nn.Parameter(w.clone(), requires_grad=False) if "dense" in usable else None
-        self.bias = None if bias is None else nn.Parameter(bias.detach().to(weight.dtype).clone(),
-                                                           requires_grad=False)
-        self._cslt = self._cutlass = self._torch_sparse = None
-        if "cusparselt" in usable:
-            self._cslt = sparse_mm.cslt_compress(w)
-        if "cutlass" in usable:
-            self._cutlass = sparse_mm.cutlass_compress(w)
-        if "torch_semi_structured" in usable:
-            self._torch_sparse = torch_semi_structured(w)
-        # token bucket -> (backend, cslt config); read as a plain dict under torch.compile
-        self._memo: dict[int, tuple[str, tuple[int, int, int] | None]] = {}
-        self._section = device_section(weight.device) if weight.device.type == "cuda" else None
-        skipped = {b: r for b, r in reasons.items() if r is not None}
-        log_once(("SparseLinear.build", n, k, str(weight.dtype), self.backend, tuple(sorted(skipped))),
-                 "SparseLinear [%dx%d %s]: mode=%s, prepared=%s%s", n, k, weight.dtype, self.backend, usable,
-                 f", unavailable: {skipped}" if skipped else "")
-        if self.backend == "auto":
-            self._load_memo()
-            log_once(("SparseLinear.compile_note",),
-                     "SparseLinear: under torch.compile / CUDA-graph capture nothing is timed; token buckets "
-                     "without a measured entry run dense there (tune() first)")
+        if weight.dtype not in SPARSE24_DTYPES:
+            raise RiaInputError(f"weight dtype must be one of {SPARSE24_DTYPES}, got {weight.dtype}")
+        w = positive_zeros(weight.detach())
+        values, meta = compress_24(w)
+        self._setup(values, meta, bias, backend, memory, candidates, dense=w)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, backend: str | None = None,
+    def from_linear(cls, linear: nn.Linear, *, backend: str | None = None, memory: str | None = None,
                     candidates: Sequence[str] | None = None) -> "SparseLinear":
         """Build from a pruned ``nn.Linear`` (validates the 2:4 pattern, compresses once)."""
         if not isinstance(linear, nn.Linear):
             raise RiaInputError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
-        return cls(linear.weight, linear.bias, backend, candidates=candidates)
+        return cls(linear.weight, linear.bias, backend, memory=memory, candidates=candidates)
+
+    @classmethod
+    def from_compressed(cls, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None = None, *,
+                        backend: str | None = None, memory: str | None = None,
+                        candidates: Sequence[str] | None = None) -> "SparseLinear":
+        """Build from a weight already in the compact format (``compress_24``'s ``(values, meta)``, e.g.
+        read from a compressed checkpoint): nothing dense is read or re-pruned."""
+        if not isinstance(values, torch.Tensor) or values.dim() != 2 or values.dtype not in SPARSE24_DTYPES:
+            raise RiaInputError(f"values must be a 2-D {SPARSE24_DTYPES} tensor [out_features, in_features/2], got "
+                                f"{getattr(values, 'dtype', type(values))} {tuple(getattr(values, 'shape', ()))}")
+        if not isinstance(meta, torch.Tensor) or meta.dim() != 2 or meta.shape[0] != values.shape[0] \
+                or meta.device != values.device:
+            raise RiaInputError(f"meta must be a 2-D tensor with {values.shape[0]} rows on {values.device}, got "
+                                f"{tuple(getattr(meta, 'shape', ()))} on {getattr(meta, 'device', None)}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._setup(values, meta, bias, backend, memory, candidates, dense=None)
+        return self
+
+    def _setup(self, values, meta, bias, backend, memory, candidates, dense) -> None:
+        n, k = values.shape[0], 2 * values.shape[1]
+        if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (n,)):
+            raise RiaInputError(f"bias must have shape [{n}], got {getattr(bias, 'shape', type(bias))}")
+        self.in_features, self.out_features = k, n
+        forced = requested_backend(backend)
+        self.memory = resolve_memory(memory, forced)
+        if self.memory == "dense" and forced is None:
+            forced = "dense"  # the dense mode is the reference path: it runs F.linear
+        if candidates is not None:
+            bad = [c for c in candidates if c not in TENSOR_CORE_BACKENDS]
+            if bad:
+                raise RiaInputError(f"candidates must be tensor-core backends from {TENSOR_CORE_BACKENDS}, got {bad}")
+            if self.memory != "fast" or forced is not None:
+                raise RiaInputError("candidates= only applies to automatic memory='fast' (the other modes hold no "
+                                    "tensor-core copy to choose)")
+        self._forced = forced
+        self._candidates = None if candidates is None else tuple(candidates)
+        self.register_buffer("values", values.detach().contiguous())
+        self.register_buffer("meta", meta.detach().contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(values.dtype).clone(),
+                                                           requires_grad=False)
+        if self.memory == "dense":
+            w = dense if dense is not None else decompress_24(self.values, self.meta)
+            self.weight = nn.Parameter(w.detach().clone().contiguous(), requires_grad=False)
+        else:
+            self.register_parameter("weight", None)
+        # fast mode's tensor-core copy: non-persistent (the checkpoint holds only the compact format)
+        for name in ("cslt_weight", "cutlass_values", "cutlass_meta"):
+            self.register_buffer(name, None, persistent=False)
+        self._torch_sparse = None  # torch's 2:4 tensor (forced torch_semi_structured only)
+        # token bucket -> (backend, cslt config); read as a plain dict under torch.compile
+        self._memo: dict[int, tuple[str, tuple[int, int, int] | None]] = {}
+        # cuSPARSELt plans made by eager calls: (tokens padded to 8, config, bias pointer)
+        self._plans: set[tuple] = set()
+        self._prepare()
+
+    # ----------------------------------------------------------------- copies
+    def _device_type(self) -> str:
+        """Where the weight lives (``"cuda"`` / ``"cpu"``); a method so CPU tests can stand in a GPU."""
+        return self.values.device.type
+
+    def _get_copy(self, backend: str):
+        if backend == "cusparselt":
+            return self.cslt_weight
+        if backend == "cutlass":
+            return None if self.cutlass_values is None else (self.cutlass_values, self.cutlass_meta)
+        if backend == "torch_semi_structured":
+            return self._torch_sparse
+        raise RiaInputError(f"{backend!r} is not a tensor-core backend")
+
+    def _set_copy(self, backend: str, copy) -> None:
+        if backend == "cusparselt":
+            self.cslt_weight = copy
+        elif backend == "cutlass":
+            self.cutlass_values, self.cutlass_meta = (None, None) if copy is None else copy
+        else:
+            self._torch_sparse = copy
+
+    def _held_copies(self) -> list[str]:
+        return [b for b in TENSOR_CORE_BACKENDS if self._get_copy(b) is not None]
+
+    def _tensor_core_copy(self, backend: str):
+        """Build ``backend``'s copy from the compact format (a transient dense weight, freed here)."""
+        dense = self.weight if self.weight is not None else decompress_24(self.values, self.meta)
+        return _compress_for_backend(backend, dense)
+
+    def _prepare(self) -> None:
+        """(Re)build what the memory mode holds besides the compact format, for the current device and
+        dtype of ``values``; reset the per-bucket choices. Called at construction and after ``.to()``."""
+        dev, dt = self.values.device, self.values.dtype
+        n, k = self.out_features, self.in_features
+        for b in TENSOR_CORE_BACKENDS:
+            self._set_copy(b, None)
+        self._memo.clear()
+        self._plans.clear()
+        self._section = device_section(dev) if dev.type == "cuda" else None
+        reasons = backend_unavailable_reasons(dev, dt, n, k, ("sparse24",))
+        if self.memory == "dense":
+            reasons["dense"] = None
+        self._runnable: tuple[str, ...] = ()
+        if self.memory == "fast" and self._forced != "sparse24":  # a forced compact kernel needs no copy
+            forced_tc = self._forced in TENSOR_CORE_BACKENDS
+            wanted = (self._forced,) if forced_tc else (self._candidates or FAST_CANDIDATES)
+            can = backend_unavailable_reasons(dev, dt, n, k, wanted)
+            if forced_tc and can[self._forced] is not None:
+                raise BackendUnavailableError(f"SparseLinear [{n}x{k} {dt}]: backend {self._forced!r} forced but "
+                                              f"unavailable: {can[self._forced]}")
+            self._runnable = tuple(b for b in wanted if can[b] is None)
+            hold = self._runnable[0] if self._runnable else None
+            for b in wanted:
+                reasons[b] = can[b] if (can[b] is not None or b == hold) else \
+                    f"not held: fast mode holds one tensor-core copy ({hold}); tune() times {b} too"
+            if hold is not None:
+                self._set_copy(hold, self._tensor_core_copy(hold))
+        else:
+            for b in TENSOR_CORE_BACKENDS:
+                reasons[b] = (f"memory={self.memory!r} holds no tensor-core copy" if self._forced != "sparse24"
+                              else "backend 'sparse24' forced: no tensor-core copy held")
+        if self._forced is not None and reasons.get(self._forced) is not None:
+            raise BackendUnavailableError(f"SparseLinear [{n}x{k} {dt}]: backend {self._forced!r} forced but "
+                                          f"unavailable: {reasons[self._forced]}")
+        self._unavailable = reasons
+        held = self._held_copies()
+        self.backend = self._forced or ("auto" if held else "sparse24")
+        skipped = {b: r for b, r in reasons.items() if r is not None}
+        log_once(("SparseLinear.build", n, k, str(dt), str(dev.type), self.memory, self.backend, tuple(held),
+                  tuple(sorted(skipped))),
+                 "SparseLinear [%dx%d %s]: memory=%s, backend=%s, tensor-core copy=%s%s", n, k, dt, self.memory,
+                 self.backend, held or None, f", not available: {skipped}" if skipped else "")
+        if self.backend == "auto":
+            self._load_memo()
+
+    def _apply(self, fn, recurse=True):
+        before = (self.values.dtype, self.values.device)
+        out = super()._apply(fn, recurse)
+        if (self.values.dtype, self.values.device) != before:
+            self._prepare()  # tensor-core copies are device/dtype specific: rebuild from the compact format
+        return out
+
+    def dense_weight(self) -> torch.Tensor:
+        """The masked dense weight ``[out_features, in_features]``, decompressed now (allocates; for
+        tests and debugging -- the forward path never builds it)."""
+        return self.weight.detach() if self.weight is not None else decompress_24(self.values, self.meta)
+
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes this module holds, by component (parameters, buffers and torch's 2:4 tensor)."""
+        out = {name: t.numel() * t.element_size() for name, t in
+               [*self.named_parameters(recurse=False), *self.named_buffers(recurse=False)] if t is not None}
+        ts = self._torch_sparse
+        if ts is not None:
+            out["torch_semi_structured"] = sum(t.numel() * t.element_size() for t in
+                                               (getattr(ts, "packed", None), getattr(ts, "meta", None))
+                                               if isinstance(t, torch.Tensor))
+        return out
 
     # ----------------------------------------------------------------- selection
     def _key(self, bucket: int) -> str:
-        return shape_key(self.out_features, self.in_features, self._dtype, self.bias is not None, bucket)
+        return shape_key(self.out_features, self.in_features, self.values.dtype, self.bias is not None, bucket)
 
     def _load_memo(self) -> None:
         """Pre-fill the per-bucket choices from the on-disk table (so compiled code sees them)."""
+        if self._section is None:
+            return
         prefix = self._key(0).rsplit("T=", 1)[0]
         for key, entry in get_tune_table().entries(self._section).items():
             if key.startswith(prefix):
@@ -466,7 +690,8 @@ class SparseLinear(nn.Module):
 
     def _decide(self, bucket: int, entry: dict | None, measure) -> tuple[str, tuple | None]:
         timings = _timings(entry)
-        backend, why = choose_backend(self._forced, device_type=self._device.type, unavailable=self._unavailable,
+        device_type = self._device_type()
+        backend, why = choose_backend(self._forced, device_type=device_type, unavailable=self._unavailable,
                                       timings=timings, measure=measure)
         if measure is not None and timings is None:
             entry = get_tune_table().get(self._section, self._key(bucket))  # written by the measurement
@@ -474,70 +699,99 @@ class SparseLinear(nn.Module):
         cfg = None
         if backend == "cusparselt":
             cfg = tuple(entry["cslt_config"]) if entry and entry.get("cslt_config") else None
-        log_once(("SparseLinear", self.out_features, self.in_features, str(self._dtype), bucket, backend),
-                 "SparseLinear [%dx%d %s] tokens<=%d: backend=%s (%s)", self.out_features, self.in_features,
-                 self._dtype, bucket, backend, why)
-        decided = timings is not None or self._device.type != "cuda" or why.startswith("no sparse backend")
-        if decided:  # a "cannot time now" dense pick is not memoised: a later eager call may measure
+        log_once(("SparseLinear", self.out_features, self.in_features, str(self.values.dtype), bucket, backend,
+                  self.memory), "SparseLinear [%dx%d %s] memory=%s tokens<=%d: backend=%s (%s)", self.out_features,
+                 self.in_features, self.values.dtype, self.memory, bucket, backend, why)
+        timeable = device_type == "cuda" and any(self._unavailable.get(b) is None for b in TENSOR_CORE_BACKENDS)
+        if timings is not None or not timeable:  # a "cannot time now" pick is not memoised: a later eager call may
             self._memo[bucket] = (backend, cfg)
         return backend, cfg
 
+    def _untimed_choice(self) -> tuple[str, tuple | None]:
+        """What runs for a bucket with no memoised choice while nothing may be timed (tracing)."""
+        if self._forced is not None:
+            return self._forced, DEFAULT_CSLT_CONFIG if self._forced == "cusparselt" else None
+        return "sparse24", None
+
     def _select(self, tokens) -> tuple[str, tuple | None]:
-        if self.backend == "dense":
-            return "dense", None
+        compiling = torch.compiler.is_compiling()
         bucket = token_bucket(tokens)
         hit = self._memo.get(bucket)
-        if hit is not None:
+        if hit is None:
+            hit = self._untimed_choice() if compiling else self._select_eager(int(bucket))
+        if hit[0] == "cusparselt" and not compiling and _capturing(self.values.device):
+            hit = self._capture_guard(int(tokens), hit)
+        return hit
+
+    def _plan_key(self, tokens: int, cfg) -> tuple:
+        padded = -(-int(tokens) // CSLT_TOKEN_MULTIPLE) * CSLT_TOKEN_MULTIPLE
+        return padded, tuple(cfg or DEFAULT_CSLT_CONFIG), 0 if self.bias is None else self.bias.data_ptr()
+
+    def _capture_guard(self, tokens: int, hit: tuple[str, tuple | None]) -> tuple[str, tuple | None]:
+        """Inside CUDA-graph capture a cuSPARSELt call must find its plan made beforehand (plan creation
+        and search cannot be captured): else the compact kernel runs (automatic) or it refuses (forced)."""
+        if self._plan_key(tokens, hit[1]) in self._plans:
             return hit
-        if torch.compiler.is_compiling():
-            if self._forced is not None:
-                return self._forced, DEFAULT_CSLT_CONFIG if self._forced == "cusparselt" else None
-            return "dense", None  # no timing while tracing (logged once at construction)
-        return self._select_eager(int(bucket))
+        msg = (f"SparseLinear [{self.out_features}x{self.in_features}]: no cuSPARSELt plan was made for {tokens} "
+               f"tokens before this CUDA-graph capture (plans cannot be created inside a capture)")
+        if self._forced == "cusparselt":
+            raise BackendUnavailableError(msg + "; run the module once eagerly at this token count first "
+                                                "(SparseLinear.prepare_capture)")
+        log_once(("SparseLinear.capture_fallback", self.out_features, self.in_features, tokens),
+                 "%s; the compact 2:4 kernel runs in the graph", msg, level=30)
+        return "sparse24", None
 
     def _select_eager(self, bucket: int) -> tuple[str, tuple | None]:
-        capturing = _capturing(self._device)
+        capturing = _capturing(self.values.device)
+        if self._forced == "cusparselt":
+            entry = get_tune_table().get(self._section, self._key(bucket))
+            if entry and entry.get("cslt_config"):
+                cfg = tuple(entry["cslt_config"])
+            elif capturing:
+                raise BackendUnavailableError(
+                    f"SparseLinear [{self.out_features}x{self.in_features}]: backend 'cusparselt' forced but no "
+                    f"cuSPARSELt config was searched for tokens<={bucket}, and searching / plan creation cannot run "
+                    "inside CUDA-graph capture: call tune() or prepare_capture() at these token counts first")
+            else:
+                cfg = self._search_cslt(bucket)
+                merged = dict(entry or {"ms": {}, "choice": None, "tokens": bucket})
+                merged.update(cslt_config=list(cfg), date=_now())
+                get_tune_table().put(self._section, self._key(bucket), merged)
+                get_tune_table().save()
+            return self._memo_forced(bucket, cfg)
         if self._forced is not None:
-            cfg = None
-            if self._forced == "cusparselt":
-                entry = get_tune_table().get(self._section, self._key(bucket))
-                if entry and entry.get("cslt_config"):
-                    cfg = tuple(entry["cslt_config"])
-                elif capturing:
-                    cfg = DEFAULT_CSLT_CONFIG  # no search inside capture
-                else:
-                    cfg = self._search_cslt(bucket)
-                    merged = dict(entry or {"ms": {}, "choice": None, "tokens": bucket})
-                    merged.update(cslt_config=list(cfg), date=_now())
-                    get_tune_table().put(self._section, self._key(bucket), merged)
-                    get_tune_table().save()
-            log_once(("SparseLinear", self.out_features, self.in_features, str(self._dtype), bucket, self._forced),
-                     "SparseLinear [%dx%d %s] tokens<=%d: backend=%s (forced)", self.out_features,
-                     self.in_features, self._dtype, bucket, self._forced)
-            if not capturing or cfg != DEFAULT_CSLT_CONFIG:
-                self._memo[bucket] = (self._forced, cfg)
-            return self._forced, cfg
-        entry = get_tune_table().get(self._section, self._key(bucket))
+            return self._memo_forced(bucket, None)
+        entry = None if self._section is None else get_tune_table().get(self._section, self._key(bucket))
         measure = None
-        if _timings(entry) is None and not capturing and _autotune_enabled():
+        if _timings(entry) is None and not capturing and _autotune_enabled() and self._device_type() == "cuda":
             measure = lambda cands: self._measure(bucket, cands)["ms"]  # noqa: E731
         return self._decide(bucket, entry, measure)
 
+    def _memo_forced(self, bucket: int, cfg) -> tuple[str, tuple | None]:
+        choice = choose_backend(self._forced, device_type=self._device_type(), unavailable=self._unavailable)[0]
+        log_once(("SparseLinear", self.out_features, self.in_features, str(self.values.dtype), bucket, choice),
+                 "SparseLinear [%dx%d %s] tokens<=%d: backend=%s (forced)", self.out_features, self.in_features,
+                 self.values.dtype, bucket, choice)
+        self._memo[bucket] = (choice, cfg)
+        return choice, cfg
+
     # ----------------------------------------------------------------- measurement
     def _example(self, tokens: int) -> torch.Tensor:
-        g = torch.Generator(device=self._device).manual_seed(tokens)
-        return torch.randn(tokens, self.in_features, device=self._device, dtype=self._dtype, generator=g)
+        dev = self.values.device
+        g = torch.Generator(device=dev).manual_seed(tokens)
+        return torch.randn(tokens, self.in_features, device=dev, dtype=self.values.dtype, generator=g)
 
     def _search_cslt(self, tokens: int) -> tuple[int, int, int]:
         x = self._example(tokens)
-        return tuple(sparse_mm.cslt_search(x, self._cslt, self.out_features, self.bias, None))
+        return tuple(sparse_mm.cslt_search(x, self.cslt_weight, self.out_features, self.bias, None))
 
     def _measure(self, bucket: int, backends: Sequence[str]) -> dict:
-        """Time ``backends`` at ``bucket`` tokens; store and persist the entry; return it."""
+        """Time ``backends`` at ``bucket`` tokens (L2 flushed before every call); store, persist, return."""
         x = self._example(bucket)
         cfg = self._search_cslt(bucket) if "cusparselt" in backends else None
-        ms = {b: _time_ms(lambda b=b: self._run(b, x, cfg)) for b in backends}
-        choice, _ = choose_backend(None, device_type="cuda", unavailable=self._unavailable, timings=ms)
+        flush = l2_flusher(self.values.device)
+        ms = {b: _time_ms(lambda b=b: self._run(b, x, cfg), flush=flush) for b in backends}
+        choice, _ = choose_backend(None, device_type="cuda", unavailable={b: None for b in backends}, timings=ms)
         entry = {"ms": ms, "choice": choice, "cslt_config": None if cfg is None else list(cfg), "tokens": bucket,
                  "date": _now()}
         table = get_tune_table()
@@ -545,22 +799,76 @@ class SparseLinear(nn.Module):
         table.save()
         return entry
 
+    def _tune_bucket(self, bucket: int, remeasure: bool) -> None:
+        if remeasure:
+            self._memo.pop(bucket, None)
+        usable = [b for b in TENSOR_CORE_BACKENDS if self._unavailable.get(b, "") is None]
+        if self._forced is not None or not usable or self._device_type() != "cuda" or bucket in self._memo:
+            return
+        entry = None if remeasure else get_tune_table().get(self._section, self._key(bucket))
+        timings = _timings(entry)
+        if timings is None or any(b not in timings for b in usable):
+            entry = self._measure(bucket, usable + ["sparse24"])
+        self._decide(bucket, entry, measure=None)
+
     def tune(self, token_counts: Iterable[int], *, remeasure: bool = False) -> dict[int, str]:
-        """Measure (or search, for a forced cuSPARSELt) every token bucket of ``token_counts`` now,
-        eagerly; returns ``{bucket: backend}``. Call before ``torch.compile`` / graph capture."""
-        out = {}
+        """Measure every token bucket of ``token_counts`` now, eagerly (or search the config of a forced
+        cuSPARSELt); returns ``{bucket: backend}``. Call before ``torch.compile`` / graph capture.
+
+        Fast mode, automatic: every tensor-core candidate that can run here is timed against the compact
+        kernel -- the ones not held (e.g. the CUTLASS sm90 kernel next to cuSPARSELt) from transient
+        copies -- and afterwards only the copy chosen for the most buckets is kept (<= 1.15x dense)."""
+        buckets = []
         for t in token_counts:
             if int(t) < 1:
                 raise RiaInputError(f"token_counts must be >= 1, got {t}")
-            b = token_bucket(int(t))
-            if remeasure:
-                self._memo.pop(b, None)
-            if self.backend == "auto" and b not in self._memo:  # measures even with autotune-on-use off
-                entry = None if remeasure else get_tune_table().get(self._section, self._key(b))
-                if _timings(entry) is None:
-                    entry = self._measure(b, [c for c in BACKENDS if self._unavailable.get(c, "") is None])
-                self._decide(b, entry, measure=None)
-            out[b] = self._select(b)[0]
+            buckets.append(token_bucket(int(t)))
+        transient = []
+        if self._forced is None and self.memory == "fast" and self._device_type() == "cuda":
+            transient = [b for b in self._runnable if self._get_copy(b) is None]
+            for b in transient:
+                self._set_copy(b, self._tensor_core_copy(b))
+                self._unavailable[b] = None
+        try:
+            for b in buckets:
+                self._tune_bucket(b, remeasure)
+        finally:
+            if transient:
+                self._keep_one_copy()
+        return {b: self._select(b)[0] for b in buckets}
+
+    def _keep_one_copy(self) -> None:
+        """After timing several tensor-core copies: keep the one chosen for the most buckets, free the
+        others, re-decide the buckets that chose a freed one."""
+        held = self._held_copies()
+        if len(held) <= 1:
+            return
+        wins = {c: sum(1 for b, _ in self._memo.values() if b == c) for c in held}
+        order = self._candidates or FAST_CANDIDATES
+        keep = max(held, key=lambda c: (wins[c], -order.index(c) if c in order else -len(order)))
+        for c in held:
+            if c != keep:
+                self._set_copy(c, None)
+                self._unavailable[c] = (f"not held: tune() kept {keep} (chosen for {wins[keep]} buckets, "
+                                        f"{c} for {wins[c]})")
+        for bucket, (c, _) in list(self._memo.items()):
+            if c not in (keep, "sparse24"):
+                del self._memo[bucket]
+                self._decide(bucket, get_tune_table().get(self._section, self._key(bucket)), measure=None)
+        logger.info("SparseLinear [%dx%d]: tune() kept the %s copy (bucket wins: %s)", self.out_features,
+                    self.in_features, keep, wins)
+
+    def prepare_capture(self, token_counts: Iterable[int]) -> dict[int, str]:
+        """Run the module once eagerly at every exact token count of ``token_counts`` (choices timed,
+        cuSPARSELt plans made, kernels compiled), so a CUDA-graph capture at those counts replays them;
+        returns ``{tokens: backend}``."""
+        out = {}
+        with torch.no_grad():
+            for t in token_counts:
+                if int(t) < 1:
+                    raise RiaInputError(f"token_counts must be >= 1, got {t}")
+                self(torch.zeros(int(t), self.in_features, dtype=self.values.dtype, device=self.values.device))
+                out[int(t)] = self._select(int(t))[0]
         return out
 
     def backend_for(self, tokens: int) -> str:
@@ -568,36 +876,40 @@ class SparseLinear(nn.Module):
         return self._select(int(tokens))[0]
 
     def release_unused(self) -> list[str]:
-        """Free the compressed copies of sparse backends no memoised bucket uses; returns them."""
+        """Free the tensor-core copies no memoised bucket uses (fast mode after ``tune``); returns them."""
         if self._forced is not None:
             return []
         used = {b for b, _ in self._memo.values()}
-        freed = []
-        for b, attr in (("cusparselt", "_cslt"), ("cutlass", "_cutlass"), ("torch_semi_structured", "_torch_sparse")):
-            if getattr(self, attr) is not None and b not in used:
-                setattr(self, attr, None)
-                self._unavailable[b] = "released by release_unused()"
-                freed.append(b)
+        freed = [b for b in self._held_copies() if b not in used]
+        for b in freed:
+            self._set_copy(b, None)
+            self._unavailable[b] = "released by release_unused()"
+        if freed and not self._held_copies():
+            self.backend = "sparse24"
         return freed
 
     # ----------------------------------------------------------------- compute
     def _run(self, backend: str, x2: torch.Tensor, cfg) -> torch.Tensor:
+        if backend == "sparse24":
+            return sparse24_mm(x2, self.values, self.meta, self.bias)
         if backend == "dense":
             return F.linear(x2, self.weight, self.bias)
         if backend == "cusparselt":
-            alg, split_k, mode = cfg if cfg is not None else DEFAULT_CSLT_CONFIG
-            return torch.ops.ria_kernels.cslt_mm(x2, self._cslt, self.out_features, self.bias, None,
-                                                 alg, split_k, mode)
+            cfg = tuple(cfg) if cfg is not None else DEFAULT_CSLT_CONFIG
+            y = _cslt_matmul(x2, self.cslt_weight, self.out_features, self.bias, cfg)
+            if not torch.compiler.is_compiling():
+                self._plans.add(self._plan_key(x2.shape[0], cfg))  # the extension made (or reused) this plan
+            return y
         if backend == "cutlass":
-            values, meta = self._cutlass
-            return sparse_mm.cutlass_mm_op(meta)(x2, values, meta, self.bias, None)
+            return sparse_mm.cutlass_mm_op(self.cutlass_meta)(x2, self.cutlass_values, self.cutlass_meta, self.bias,
+                                                              None)
         return F.linear(x2, self._torch_sparse, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise RiaInputError(f"x must have last dim in_features={self.in_features}, got shape {tuple(x.shape)}")
-        if x.dtype != self._dtype:
-            raise RiaInputError(f"x dtype {x.dtype} != SparseLinear dtype {self._dtype}")
+        if x.dtype != self.values.dtype:
+            raise RiaInputError(f"x dtype {x.dtype} != SparseLinear dtype {self.values.dtype}")
         x2 = x.reshape(-1, self.in_features)  # a view when x is contiguous
         tokens = x2.shape[0]
         if tokens == 0:
@@ -605,15 +917,16 @@ class SparseLinear(nn.Module):
         backend, cfg = self._select(tokens)
         if backend == "dense":
             return F.linear(x, self.weight, self.bias)
-        if x.device != self._device:
-            raise RiaInputError(f"x is on {x.device} but this SparseLinear's compressed weight is on {self._device}")
+        if x.device != self.values.device:
+            raise RiaInputError(f"x is on {x.device} but this SparseLinear's compressed weight is on "
+                                f"{self.values.device}")
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         return self._run(backend, x2, cfg).view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"backend={self.backend}")
+                f"memory={self.memory}, backend={self.backend}")
 
 
 def tune_model(model: nn.Module, token_counts: Iterable[int]) -> dict[str, dict[int, str]]:
@@ -623,10 +936,25 @@ def tune_model(model: nn.Module, token_counts: Iterable[int]) -> dict[str, dict[
     return {name: m.tune(counts) for name, m in model.named_modules() if isinstance(m, SparseLinear)}
 
 
+def linear_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes held by the linears of ``model`` (parameters + buffers of every ``nn.Linear`` and
+    ``SparseLinear``; a gathered linear's permutation is not a linear's): ``{"sparse": ..., "dense": ...,
+    "total": ...}`` where ``sparse`` counts SparseLinear modules and ``dense`` plain ``nn.Linear``."""
+    out = {"sparse": 0, "dense": 0}
+    for m in model.modules():
+        if isinstance(m, SparseLinear):
+            out["sparse"] += sum(m.held_bytes().values())
+        elif isinstance(m, nn.Linear):
+            out["dense"] += sum(t.numel() * t.element_size() for t in
+                                [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+    out["total"] = out["sparse"] + out["dense"]
+    return out
+
+
 def _timings(entry: dict | None) -> dict | None:
     """An entry's timings, or None when it has none to compare (e.g. only a searched config)."""
     ms = None if entry is None else entry.get("ms")
-    return ms if ms and "dense" in ms else None
+    return ms if ms and "sparse24" in ms else None
 
 
 def _now() -> str:

@@ -1,5 +1,7 @@
-"""SparseLinear: pattern validation, backend dispatch (arg > env > auto, measured table),
-the dense path on CPU, and every backend on the GPU."""
+"""SparseLinear: one compressed weight per linear (memory modes, bytes held, .to / state_dict /
+compile), pattern validation, backend dispatch (arg > env > auto, measured table against the compact
+kernel), CUDA-graph capture rules and the tuner's L2 flush (behind seams on the CPU), signed zeros,
+and every backend on the GPU."""
 import json
 import logging
 
@@ -11,13 +13,15 @@ from torch import nn
 from ria_kernels import BackendUnavailableError, RiaInputError, SparseLinear
 from ria_kernels import sparse_linear as sl
 from ria_kernels.ops import sparse_mm
+from ria_kernels.ops.sparse24_mm import compress_24, decompress_24
 from ria_kernels.ops.sparse_mm import sparse_mm_reference
 from conftest import SPARSE_MM_TOKENS, assert_rel_close, cuda_graph_replay, poison_allocator
+from sparse_fakes import FakeTensorCores
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-# dense path on CPU vs the float32 reference: (rtol, atol) by dtype
-TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2)}
+# CPU paths (compact reference, dense) vs the float32 reference: (rtol, atol) by dtype
+TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
 # GPU backends: relative error bound ||y - ref|| / ||ref|| by dtype
 TOKENS = SPARSE_MM_TOKENS
 
@@ -67,12 +71,16 @@ def test_from_linear_validates_pattern_and_type():
 def test_from_linear_copies_and_keeps_api():
     lin = pruned_linear(8, 16)
     m = SparseLinear.from_linear(lin)
-    assert (m.in_features, m.out_features, m.backend) == (16, 8, "dense")
-    assert isinstance(m.weight, nn.Parameter) and not m.weight.requires_grad
+    assert (m.in_features, m.out_features, m.backend, m.memory) == (16, 8, "sparse24", "compact")
+    assert m.weight is None  # no dense copy
+    assert set(dict(m.named_buffers())) == {"values", "meta"} and isinstance(m.bias, nn.Parameter)
+    want = lin.weight.detach().clone()
     with torch.no_grad():
         lin.weight.zero_()
-    assert m.weight.abs().sum() > 0, "the module must not alias the source linear"
-    assert "backend=dense" in repr(m)
+    torch.testing.assert_close(m.dense_weight(), want, rtol=0, atol=0)  # no aliasing of the source linear
+    assert "memory=compact, backend=sparse24" in repr(m)
+    d = SparseLinear.from_linear(pruned_linear(8, 16), memory="dense")
+    assert d.backend == "dense" and isinstance(d.weight, nn.Parameter) and not d.weight.requires_grad
 
 
 # --------------------------------------------------------------------------- precedence: arg > env > auto
@@ -91,7 +99,7 @@ def test_requested_backend_precedence(monkeypatch):
 
 
 @pytest.mark.skipif(CUDA, reason="checks the no-CUDA reason")
-@pytest.mark.parametrize("backend", sl.SPARSE_BACKENDS)
+@pytest.mark.parametrize("backend", sl.TENSOR_CORE_BACKENDS)
 def test_forced_unavailable_backend_raises(backend, monkeypatch):
     lin = pruned_linear(32, 64, dtype=torch.float16)
     with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' forced but unavailable: CUDA is not"):
@@ -106,13 +114,36 @@ def test_bad_backend_and_candidates():
     lin = pruned_linear(8, 16)
     with pytest.raises(RiaInputError, match="backend must be one of"):
         SparseLinear.from_linear(lin, backend="sparse")
-    with pytest.raises(RiaInputError, match="candidates must be sparse backends"):
-        SparseLinear.from_linear(lin, candidates=["dense"])
+    with pytest.raises(RiaInputError, match="candidates must be tensor-core backends"):
+        SparseLinear.from_linear(lin, memory="fast", candidates=["dense"])
+    with pytest.raises(RiaInputError, match="candidates= only applies to automatic memory='fast'"):
+        SparseLinear.from_linear(lin, candidates=["cutlass"])
+
+
+@pytest.mark.parametrize("memory, backend, match", [
+    ("compact", "cusparselt", "needs memory='fast'"),
+    ("compact", "dense", "needs memory='dense'"),
+    ("fast", "dense", "needs memory='dense'"),
+    ("dense", "cutlass", "needs memory='fast'"),
+    ("small", None, "memory must be one of"),
+    (3, None, "memory must be one of"),
+])
+def test_memory_backend_contradictions(memory, backend, match):
+    with pytest.raises(RiaInputError, match=match):
+        SparseLinear.from_linear(pruned_linear(8, 16), memory=memory, backend=backend)
+
+
+def test_resolve_memory_defaults():
+    assert sl.resolve_memory(None, None) == sl.DEFAULT_MEMORY == "compact"
+    assert sl.resolve_memory(None, "dense") == "dense"
+    assert sl.resolve_memory(None, "cusparselt") == "fast"
+    assert sl.resolve_memory(None, "sparse24") == "compact"
+    assert sl.resolve_memory("fast", "sparse24") == "fast"
 
 
 def test_unavailable_reasons_name_the_limit():
     cpu = sl.backend_unavailable_reasons(torch.device("cpu"), torch.float16, 32, 64)
-    assert cpu["dense"] is None and all(cpu[b] for b in sl.SPARSE_BACKENDS)
+    assert cpu["dense"] is None and cpu["sparse24"] is None and all(cpu[b] for b in sl.TENSOR_CORE_BACKENDS)
     if CUDA and torch.cuda.get_device_capability()[0] >= 8:
         r = sl.backend_unavailable_reasons(torch.device("cuda"), torch.float32, 32, 64)
         assert "float16/bfloat16" in r["cusparselt"]
@@ -121,7 +152,7 @@ def test_unavailable_reasons_name_the_limit():
 
 
 # --------------------------------------------------------------------------- choose_backend (injected timings)
-AVAIL = {"cusparselt": None, "cutlass": None, "torch_semi_structured": None, "dense": None}
+AVAIL = {"sparse24": None, "cusparselt": None, "cutlass": None, "torch_semi_structured": None}
 
 
 def test_choose_backend_forced():
@@ -129,31 +160,34 @@ def test_choose_backend_forced():
     with pytest.raises(BackendUnavailableError, match="forced but unavailable: extension not built"):
         sl.choose_backend("cusparselt", device_type="cuda", unavailable={**AVAIL, "cusparselt": "extension not built"})
     with pytest.raises(BackendUnavailableError, match="not prepared"):
-        sl.choose_backend("cutlass", device_type="cuda", unavailable={"dense": None})
+        sl.choose_backend("dense", device_type="cuda", unavailable=AVAIL)
     with pytest.raises(RiaInputError, match="backend must be one of"):
         sl.choose_backend("fast", device_type="cuda", unavailable=AVAIL)
 
 
 def test_choose_backend_auto_rules():
-    fast_sparse = {"dense": 1.0, "cusparselt": 0.7, "cutlass": 0.6, "torch_semi_structured": 0.8}
-    assert sl.choose_backend(None, device_type="cpu", unavailable=AVAIL, timings=fast_sparse)[0] == "dense"
-    assert sl.choose_backend(None, device_type="cuda", unavailable=AVAIL, timings=fast_sparse)[0] == "cutlass"
-    # the fastest backend is unavailable: the next one runs
-    assert sl.choose_backend(None, device_type="cuda", unavailable={**AVAIL, "cutlass": "no kernel"},
-                             timings=fast_sparse)[0] == "cusparselt"
-    # dense measured faster (decode-sized): dense, never a slower sparse kernel
-    decode = {"dense": 0.010, "cusparselt": 0.012, "cutlass": 0.011, "torch_semi_structured": 0.02}
+    prefill = {"sparse24": 1.0, "cusparselt": 0.7, "cutlass": 0.6, "torch_semi_structured": 0.8}
+    assert sl.choose_backend(None, device_type="cpu", unavailable=AVAIL, timings=prefill)[0] == "sparse24"
+    assert sl.choose_backend(None, device_type="cuda", unavailable=AVAIL, timings=prefill)[0] == "cutlass"
+    # the fastest copy is not held: the next one runs
+    assert sl.choose_backend(None, device_type="cuda", unavailable={**AVAIL, "cutlass": "not held"},
+                             timings=prefill)[0] == "cusparselt"
+    # the compact kernel measured faster (decode-sized): compact, never a slower tensor-core kernel
+    decode = {"sparse24": 0.010, "cusparselt": 0.012, "cutlass": 0.011, "torch_semi_structured": 0.02}
     backend, why = sl.choose_backend(None, device_type="cuda", unavailable=AVAIL, timings=decode)
-    assert backend == "dense" and "not 3% faster" in why
-    # within the noise margin: dense
-    close = {"dense": 1.0, "cusparselt": 0.99}
-    assert sl.choose_backend(None, device_type="cuda", unavailable=AVAIL, timings=close)[0] == "dense"
-    # no timings, no way to measure (compile / capture): dense
+    assert backend == "sparse24" and "not 3% faster" in why
+    close = {"sparse24": 1.0, "cusparselt": 0.99}  # within the noise margin: compact
+    assert sl.choose_backend(None, device_type="cuda", unavailable=AVAIL, timings=close)[0] == "sparse24"
+    # no timings, no way to measure (compile / capture): the compact kernel, never dense
     backend, why = sl.choose_backend(None, device_type="cuda", unavailable=AVAIL)
-    assert backend == "dense" and "timing is not possible" in why
-    # no sparse candidate at all: dense, with the reasons
-    backend, why = sl.choose_backend(None, device_type="cuda", unavailable={"dense": None, "cutlass": "K % 64"})
-    assert backend == "dense" and "K % 64" in why
+    assert backend == "sparse24" and "timing is not possible" in why
+    # compact memory mode: no tensor-core copy at all, with the reasons
+    backend, why = sl.choose_backend(None, device_type="cuda",
+                                     unavailable={"sparse24": None, "cutlass": "memory='compact' holds none"})
+    assert backend == "sparse24" and "holds none" in why
+    # dense is never an automatic choice, even when timed faster
+    assert sl.choose_backend(None, device_type="cuda", unavailable={**AVAIL, "dense": None},
+                             timings={"sparse24": 1.0, "dense": 0.1, "cusparselt": 2.0})[0] == "sparse24"
 
 
 def test_choose_backend_measures_only_usable_candidates():
@@ -161,11 +195,11 @@ def test_choose_backend_measures_only_usable_candidates():
 
     def measure(cands):
         seen.append(list(cands))
-        return {"dense": 2.0, "cusparselt": 1.0}
+        return {"sparse24": 2.0, "cusparselt": 1.0}
 
-    unavailable = {"cusparselt": None, "cutlass": "built without CUTLASS", "dense": None}
+    unavailable = {"sparse24": None, "cusparselt": None, "cutlass": "built without CUTLASS"}
     assert sl.choose_backend(None, device_type="cuda", unavailable=unavailable, measure=measure)[0] == "cusparselt"
-    assert seen == [["cusparselt", "dense"]]
+    assert seen == [["cusparselt", "sparse24"]]
 
 
 # --------------------------------------------------------------------------- the on-disk table
@@ -205,94 +239,371 @@ def test_default_cache_path_env(tmp_path, monkeypatch):
     assert sl.default_cache_path() == tmp_path / "sparse_linear.json"
 
 
-def _fake_cuda_module(monkeypatch, table, n=32, k=64):
-    """A SparseLinear whose selection state looks like an auto-mode CUDA module (no kernels run:
-    only backend_for is called), to test the table plumbing on a CPU machine."""
-    m = SparseLinear.from_linear(pruned_linear(n, k, dtype=torch.float16, bias=False))
-    m._device = torch.device("cuda")
-    m._section = "fake-gpu"
-    m._forced, m.backend = None, "auto"
-    m._unavailable = {"cusparselt": None, "cutlass": None, "dense": None}
-    m._memo.clear()
-    monkeypatch.setattr(sl, "_capturing", lambda device: False)
-    sl.set_tune_table(table)
-    return m
+# --------------------------------------------------------------------------- a stand-in GPU (seams)
+def _fast_module(monkeypatch, table, n=32, k=64, bias=False, runnable=("cusparselt",), dtype=torch.float16,
+                 **kw):
+    fake = FakeTensorCores(monkeypatch, runnable)
+    m = SparseLinear.from_linear(pruned_linear(n, k, dtype=dtype, bias=bias), memory="fast", **kw)
+    return fake.as_gpu(m, monkeypatch, table), fake
 
 
+def dense_linear_bytes(lin: nn.Linear) -> int:
+    return sum(t.numel() * t.element_size() for t in lin.parameters())
+
+
+# --------------------------------------------------------------------------- bytes held (one compressed weight)
+@pytest.mark.parametrize("dtype, bound", [(torch.float16, 0.57), (torch.bfloat16, 0.57), (torch.float32, 0.57)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_compact_bytes(dtype, bound, bias):
+    lin = pruned_linear(256, 512, bias=bias, dtype=dtype)
+    m = SparseLinear.from_linear(lin, memory="compact")
+    held = m.held_bytes()
+    assert set(held) == {"values", "meta"} | ({"bias"} if bias else set())
+    ratio = sum(held.values()) / dense_linear_bytes(lin)
+    assert ratio <= bound, held
+    if dtype != torch.float32:  # values K/2 * 2 bytes + indices K/8 bytes per row
+        assert held["values"] + held["meta"] == 256 * (512 + 512 // 8)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fast_bytes_with_fake_cusparselt(monkeypatch, tmp_path, bias):
+    """FAKED: the cuSPARSELt copy is a uint8 buffer of cuSPARSELt's documented compressed size (cslt_bytes);
+    what is real is everything the module holds besides it, and that it holds exactly one such copy."""
+    m, _ = _fast_module(monkeypatch, sl.TuneTable(tmp_path / "t.json"), n=256, k=512, bias=bias)
+    lin = pruned_linear(256, 512, dtype=torch.float16, bias=bias)
+    held = m.held_bytes()
+    assert set(held) == {"values", "meta", "cslt_weight"} | ({"bias"} if bias else set())
+    assert m.weight is None and m.backend == "auto"
+    assert sum(held.values()) / dense_linear_bytes(lin) <= 1.15
+    assert set(m.state_dict()) == {"values", "meta"} | ({"bias"} if bias else set())  # the copy is not saved
+
+
+def test_fast_on_cpu_holds_compact_only(caplog):
+    with caplog.at_level(logging.INFO, logger="ria_kernels"):
+        m = SparseLinear.from_linear(pruned_linear(48, 96, dtype=torch.float16), memory="fast")
+    assert m.memory == "fast" and m.backend == "sparse24" and set(m.held_bytes()) == {"values", "meta", "bias"}
+    if not CUDA:
+        assert any("SparseLinear [48x96" in r.getMessage() and "CUDA is not available" in r.getMessage()
+                   for r in caplog.records), "the missing tensor-core copy must be logged"
+
+
+@needs_cuda
+def test_fast_mode_bytes_on_gpu():
+    _skip_unless_backend("cusparselt", 256, 512, torch.float16)
+    lin = pruned_linear(256, 512, dtype=torch.float16, device="cuda", bias=False)
+    m = SparseLinear.from_linear(lin, memory="fast")
+    assert "cslt_weight" in m.held_bytes()
+    assert sum(m.held_bytes().values()) / dense_linear_bytes(lin) <= 1.15
+
+
+# --------------------------------------------------------------------------- .to / state_dict / compile
+def test_state_dict_round_trip_and_to_dtype():
+    lin = pruned_linear(24, 32, seed=2)
+    m = SparseLinear.from_linear(lin)
+    sd = m.state_dict()
+    assert set(sd) == {"values", "meta", "bias"}
+    other = SparseLinear.from_linear(pruned_linear(24, 32, seed=9))
+    other.load_state_dict(sd)
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(other(x), m(x), rtol=0, atol=0)
+    meta_dtype = m.meta.dtype
+    m.to(torch.bfloat16)
+    assert m.values.dtype == torch.bfloat16 and m.meta.dtype == meta_dtype and m.bias.dtype == torch.bfloat16
+    ref = sparse_mm_reference(x.bfloat16(), lin.weight.bfloat16(), lin.bias.bfloat16())
+    torch.testing.assert_close(m(x.bfloat16()).float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_from_compressed_matches_from_linear():
+    lin = pruned_linear(16, 32, seed=5)
+    values, meta = compress_24(lin.weight.detach())
+    m = SparseLinear.from_compressed(values, meta, lin.bias)
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(m(x), SparseLinear.from_linear(lin)(x), rtol=0, atol=0)
+    with pytest.raises(RiaInputError, match="values must be a 2-D"):
+        SparseLinear.from_compressed(values.reshape(-1), meta)
+    with pytest.raises(RiaInputError, match="meta must be a 2-D tensor with 16 rows"):
+        SparseLinear.from_compressed(values, meta[:3])
+
+
+# --------------------------------------------------------------------------- signed zeros (#12 item 9)
+def _with_negative_zeros(lin):
+    with torch.no_grad():
+        w = lin.weight
+        w.copy_(torch.where(w == 0, torch.full_like(w, -0.0), w))
+    assert bool((torch.signbit(lin.weight) & (lin.weight == 0)).any())
+    return lin
+
+
+def has_negative_zero(t: torch.Tensor) -> bool:
+    return bool((torch.signbit(t) & (t == 0)).any())
+
+
+def test_positive_zeros():
+    t = torch.tensor([-0.0, 0.0, -1.5, 2.0, -0.0])
+    out = sl.positive_zeros(t)
+    assert not has_negative_zero(out) and torch.equal(out, t) and has_negative_zero(t)  # input untouched
+
+
+def test_every_compression_gets_positive_zeros(monkeypatch, tmp_path):
+    lin = _with_negative_zeros(pruned_linear(32, 64, dtype=torch.float16, bias=False))
+    m = SparseLinear.from_linear(lin)  # the compact format
+    assert not has_negative_zero(m.values) and not has_negative_zero(m.dense_weight())
+    # the real _compress_for_backend hands every extension compressor a normalised weight
+    seen = []
+    monkeypatch.setattr(sparse_mm, "cslt_compress", lambda w: seen.append(("cslt", w)) or torch.zeros(1))
+    monkeypatch.setattr(sparse_mm, "cutlass_compress",
+                        lambda w: seen.append(("cutlass", w)) or (torch.zeros(1), torch.zeros(1)))
+
+    class FakeSemi:
+        @staticmethod
+        def from_dense(w):
+            seen.append(("torch", w))
+            return w
+
+    monkeypatch.setattr(sl, "_torch_semi_class", lambda dtype: FakeSemi)
+    for backend in sl.TENSOR_CORE_BACKENDS:
+        sl._compress_for_backend(backend, lin.weight.detach())
+    sl.torch_semi_structured(lin.weight.detach())
+    assert [name for name, _ in seen] == ["cslt", "cutlass", "torch", "torch"]
+    for name, w in seen:
+        assert not has_negative_zero(w), name
+        torch.testing.assert_close(w, lin.weight.detach(), rtol=0, atol=0)
+
+
+def test_pruning_leaves_no_negative_zeros():
+    from conftest import make_calibration, make_tiny_model
+    from ria_kernels import prune_model
+    model = make_tiny_model("llama", layers=1)
+    prune_model(model, make_calibration(2, 8), method="magnitude", sparsity="2:4", progress=False)
+    lin = model.model.layers[0].mlp.down_proj.weight
+    assert bool((lin == 0).any())
+    assert not any(has_negative_zero(p) for n, p in model.named_parameters() if n.endswith("proj.weight"))
+
+
+# --------------------------------------------------------------------------- measured table (stand-in GPU)
 def test_measured_table_drives_auto_choice(monkeypatch, tmp_path):
     table = sl.TuneTable(tmp_path / "t.json")
     key = lambda t: sl.shape_key(32, 64, torch.float16, False, t)  # noqa: E731
-    table.put("fake-gpu", key(1), {"ms": {"dense": 0.010, "cusparselt": 0.011, "cutlass": 0.012}})
-    table.put("fake-gpu", key(1024), {"ms": {"dense": 0.30, "cusparselt": 0.20, "cutlass": 0.25},
-                                      "cslt_config": [7, 2, 1]})
-    m = _fake_cuda_module(monkeypatch, table)
+    table.put("fake-gpu", key(1), {"ms": {"sparse24": 0.010, "cusparselt": 0.013}})
+    table.put("fake-gpu", key(1024), {"ms": {"sparse24": 0.30, "cusparselt": 0.20}, "cslt_config": [7, 2, 1]})
+    m, _ = _fast_module(monkeypatch, table)
     monkeypatch.setenv(sl.ENV_AUTOTUNE, "0")  # no timing for buckets without an entry
-    assert m.backend_for(1) == "dense"              # dense measured faster at decode size
+    assert m.backend_for(1) == "sparse24"           # compact measured faster at decode size
     assert m.backend_for(1000) == "cusparselt"      # bucket 1024
     assert m._memo[1024] == ("cusparselt", (7, 2, 1))
-    assert m.backend_for(100) == "dense"            # bucket 128: no entry, no timing -> dense ...
+    assert m.backend_for(100) == "sparse24"         # bucket 128: no entry, no timing -> compact ...
     assert 128 not in m._memo                       # ... and not memoised: a later eager call may measure
 
 
 def test_first_use_measures_and_persists(monkeypatch, tmp_path):
     table = sl.TuneTable(tmp_path / "t.json")
-    m = _fake_cuda_module(monkeypatch, table)
+    m, _ = _fast_module(monkeypatch, table)
     calls = []
 
     def fake_measure(bucket, backends):
         calls.append((bucket, tuple(backends)))
-        entry = {"ms": {"dense": 1.0, "cutlass": 0.5, "cusparselt": 0.9}, "cslt_config": [1, 1, 0]}
+        entry = {"ms": {"sparse24": 1.0, "cusparselt": 0.5}, "cslt_config": [1, 1, 0]}
         table.put(m._section, m._key(bucket), entry)
         table.save()
         return entry
 
     monkeypatch.setattr(m, "_measure", fake_measure)
-    assert m.backend_for(300) == "cutlass"
-    assert m.backend_for(500) == "cutlass"  # same bucket: memoised, not re-measured
-    assert calls == [(512, ("cusparselt", "cutlass", "dense"))]
-    assert sl.TuneTable.load(tmp_path / "t.json").get("fake-gpu", m._key(512))["ms"]["cutlass"] == 0.5
-    # a new module of the same shape picks the persisted choice up at construction (compiled code sees it)
-    sl.set_tune_table(sl.TuneTable.load(tmp_path / "t.json"))
-    m2 = _fake_cuda_module(monkeypatch, sl.get_tune_table())
+    assert m.backend_for(300) == "cusparselt"
+    assert m.backend_for(500) == "cusparselt"  # same bucket: memoised, not re-measured
+    assert calls == [(512, ("cusparselt", "sparse24"))]
+    assert sl.TuneTable.load(tmp_path / "t.json").get("fake-gpu", m._key(512))["ms"]["cusparselt"] == 0.5
+    # a new module of the same shape picks the persisted choice up (compiled code sees it)
+    m2, _ = _fast_module(monkeypatch, sl.TuneTable.load(tmp_path / "t.json"))
     m2._load_memo()
-    assert m2._memo[512] == ("cutlass", None)
+    assert m2._memo[512] == ("cusparselt", (1, 1, 0))
 
 
-def test_tune_measures_ahead_and_remeasures(monkeypatch, tmp_path):
+def test_tune_offers_every_candidate_and_keeps_one_copy(monkeypatch, tmp_path):
+    """#12 item 8: fast mode's tune() times the CUTLASS kernel (sm90 on Hopper) too, from a transient copy,
+    and keeps only the copy most buckets chose (<= 1.15x dense bytes after tuning)."""
     table = sl.TuneTable(tmp_path / "t.json")
-    m = _fake_cuda_module(monkeypatch, table)
-    monkeypatch.setenv(sl.ENV_AUTOTUNE, "0")  # tune() measures even when timing on first use is off
-    ms = {"dense": 1.0, "cusparselt": 2.0, "cutlass": 0.5}
-    calls = []
+    m, fake = _fast_module(monkeypatch, table, n=256, k=512, runnable=("cusparselt", "cutlass"))
+    assert m._held_copies() == ["cusparselt"]  # one copy before tuning
+    ms = {1: {"sparse24": 1.0, "cusparselt": 2.0, "cutlass": 1.5},
+          64: {"sparse24": 1.0, "cusparselt": 0.9, "cutlass": 0.5},
+          1024: {"sparse24": 1.0, "cusparselt": 0.4, "cutlass": 0.3},
+          4096: {"sparse24": 1.0, "cusparselt": 0.5, "cutlass": 1.2}}
+    measured = []
 
     def fake_measure(bucket, backends):
-        calls.append(bucket)
-        entry = {"ms": dict(ms)}
+        measured.append((bucket, tuple(backends), tuple(m._held_copies())))
+        entry = {"ms": {b: ms[bucket][b] for b in backends}, "cslt_config": [2, 1, 0]}
         table.put(m._section, m._key(bucket), entry)
         return entry
 
     monkeypatch.setattr(m, "_measure", fake_measure)
-    assert m.tune([3, 1000]) == {4: "cutlass", 1024: "cutlass"}
-    assert m.tune([4]) == {4: "cutlass"} and calls == [4, 1024]  # memoised
-    ms.update(cutlass=1.5)  # the GPU changed its mind: dense is now fastest
-    assert m.tune([4], remeasure=True) == {4: "dense"} and calls == [4, 1024, 4]
-    m._cslt, m._cutlass = torch.zeros(1), (torch.zeros(1), torch.zeros(1))  # stand-ins for compressed copies
-    assert m.release_unused() == ["cusparselt"]  # cutlass still serves bucket 1024
-    assert m._cslt is None and "released" in m._unavailable["cusparselt"]
+    got = m.tune([1, 64, 1000, 4096])
+    assert all(b == ("cusparselt", "cutlass", "sparse24") and held == ("cusparselt", "cutlass")
+               for _, b, held in measured)
+    assert m._held_copies() == ["cutlass"]  # chosen at 64 and 1024; cuSPARSELt only at 4096
+    assert got == {1: "sparse24", 64: "cutlass", 1024: "cutlass", 4096: "sparse24"}  # 4096 re-decided
+    assert "tune() kept cutlass" in m._unavailable["cusparselt"]
+    dense = dense_linear_bytes(pruned_linear(256, 512, dtype=torch.float16, bias=False))
+    assert sum(m.held_bytes().values()) / dense <= 1.15
+
+
+def test_tune_remeasures_and_release_unused(monkeypatch, tmp_path):
+    table = sl.TuneTable(tmp_path / "t.json")
+    m, _ = _fast_module(monkeypatch, table)
+    monkeypatch.setenv(sl.ENV_AUTOTUNE, "0")  # tune() measures even when timing on first use is off
+    ms = {"sparse24": 1.0, "cusparselt": 0.5}
+    calls = []
+
+    def fake_measure(bucket, backends):
+        calls.append(bucket)
+        entry = {"ms": dict(ms), "cslt_config": [0, 1, 0]}
+        table.put(m._section, m._key(bucket), entry)
+        return entry
+
+    monkeypatch.setattr(m, "_measure", fake_measure)
+    assert m.tune([3, 1000]) == {4: "cusparselt", 1024: "cusparselt"}
+    assert m.tune([4]) == {4: "cusparselt"} and calls == [4, 1024]  # memoised
+    ms.update(cusparselt=1.5)  # the GPU changed its mind
+    assert m.tune([4, 1024], remeasure=True) == {4: "sparse24", 1024: "sparse24"}
+    assert m.release_unused() == ["cusparselt"] and m.cslt_weight is None
+    assert "released" in m._unavailable["cusparselt"] and m.backend == "sparse24"
+    assert m.tune([4]) == {4: "sparse24"}
 
 
 def test_token_bucket():
     assert [sl.token_bucket(t) for t in (1, 2, 3, 8, 9, 129, 8191, 16384)] == [1, 2, 4, 8, 16, 256, 8192, 16384]
 
 
-# --------------------------------------------------------------------------- the dense path (CPU)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+# --------------------------------------------------------------------------- CUDA-graph capture (#12 item 5)
+def test_capture_never_searches_and_uses_premade_plans(monkeypatch, tmp_path):
+    table = sl.TuneTable(tmp_path / "t.json")
+    key = lambda t: sl.shape_key(32, 64, torch.float16, False, t)  # noqa: E731
+    table.put("fake-gpu", key(16), {"ms": {"sparse24": 1.0, "cusparselt": 0.5}, "cslt_config": [3, 1, 0]})
+    m, fake = _fast_module(monkeypatch, table)
+    monkeypatch.setattr(m, "_measure", lambda *a: pytest.fail("timed inside a capture"))
+    monkeypatch.setattr(m, "_search_cslt", lambda *a: pytest.fail("searched inside a capture"))
+    lin_ref = m.dense_weight()
+    x = torch.randn(12, 64, dtype=torch.float16)
+    monkeypatch.setattr(sl, "_capturing", lambda device: True)
+    # bucket 16 is tuned for cuSPARSELt but no plan was made for 12 tokens (padded 16): compact kernel
+    assert m.backend_for(12) == "sparse24"
+    assert m._memo[16] == ("cusparselt", (3, 1, 0))  # the tuned choice itself is kept for later
+    y = m(x)
+    assert fake.cslt_calls == []
+    torch.testing.assert_close(y.float(), sparse_mm_reference(x, lin_ref), rtol=2e-3, atol=2e-3)
+    # an untuned bucket under capture: the compact kernel, not memoised, nothing timed
+    assert m.backend_for(100) == "sparse24" and 128 not in m._memo
+    # eager warm-up at 12 tokens makes the plan; the capture then replays it
+    monkeypatch.setattr(sl, "_capturing", lambda device: False)
+    m(x)
+    assert fake.cslt_calls == [(12, (3, 1, 0))]
+    monkeypatch.setattr(sl, "_capturing", lambda device: True)
+    assert m.backend_for(12) == "cusparselt" and m.backend_for(14) == "cusparselt"  # same padded count 16
+    assert m.backend_for(9) == "cusparselt"
+    assert m._plan_key(9, (3, 1, 0)) == m._plan_key(16, (3, 1, 0))
+
+
+def test_capture_forced_cusparselt_refuses_without_plan(monkeypatch, tmp_path):
+    table = sl.TuneTable(tmp_path / "t.json")
+    fake = FakeTensorCores(monkeypatch)
+    m = fake.as_gpu(SparseLinear.from_linear(pruned_linear(32, 64, dtype=torch.float16, bias=False),
+                                             backend="cusparselt"), monkeypatch, table, capturing=True)
+    assert m.memory == "fast" and m.backend == "cusparselt"
+    monkeypatch.setattr(m, "_search_cslt", lambda *a: pytest.fail("searched inside a capture"))
+    with pytest.raises(BackendUnavailableError, match="no cuSPARSELt config was searched.*CUDA-graph capture"):
+        m(torch.randn(4, 64, dtype=torch.float16))
+    # searched eagerly, but no plan for this token count yet: still refused inside the capture
+    monkeypatch.setattr(sl, "_capturing", lambda device: False)
+    monkeypatch.setattr(m, "_search_cslt", lambda t: (5, 1, 0))
+    assert m.backend_for(4) == "cusparselt" and m._memo[4] == ("cusparselt", (5, 1, 0))
+    monkeypatch.setattr(sl, "_capturing", lambda device: True)
+    with pytest.raises(BackendUnavailableError, match="no cuSPARSELt plan was made for 4 tokens"):
+        m(torch.randn(4, 64, dtype=torch.float16))
+    monkeypatch.setattr(sl, "_capturing", lambda device: False)
+    assert m.prepare_capture([4]) == {4: "cusparselt"}  # eager run at the exact count makes the plan
+    monkeypatch.setattr(sl, "_capturing", lambda device: True)
+    m(torch.randn(4, 64, dtype=torch.float16))
+    assert fake.cslt_calls == [(4, (5, 1, 0)), (4, (5, 1, 0))]
+
+
+# --------------------------------------------------------------------------- the tuner's L2 flush (#12 item 7)
+class FakeEvent:
+    """A CUDA event stand-in: records its position in a shared log; elapsed = scripted per rep."""
+
+    def __init__(self, log, durations):
+        self.log, self.durations = log, durations
+
+    def record(self):
+        self.log.append("record")
+        self.at = len(self.log)
+
+    def elapsed_time(self, other):
+        return self.durations[(other.at, self.at)] if (other.at, self.at) in self.durations else float(other.at - self.at)
+
+
+def test_time_ms_flushes_l2_before_every_timed_call():
+    log = []
+    calls = iter(range(1000))
+
+    def fn():
+        log.append(f"fn{next(calls)}")
+
+    flushes = []
+
+    def flush():
+        flushes.append(len(log))
+        log.append("flush")
+
+    ms = sl._time_ms(fn, flush=flush, target_ms=0.0, min_reps=7, max_reps=7,
+                     new_event=lambda: FakeEvent(log, {}), synchronize=lambda: log.append("sync"))
+    timed = [i for i, e in enumerate(log) if e.startswith("fn")][2:]  # after warm-up and the estimate
+    assert len(timed) == 7
+    for i in timed:  # every timed call: flush, start event, the call, end event -- the flush not timed
+        assert log[i - 2] == "flush" and log[i - 1] == "record" and log[i + 1] == "record"
+    assert ms == 2.0  # median of single-call intervals (record, fn, record)
+
+
+def test_l2_flusher_buffer_exceeds_l2(monkeypatch):
+    monkeypatch.setattr(sl, "l2_cache_bytes", lambda device: 1 << 20)
+    monkeypatch.setattr(sl, "_FLUSH_BUFFERS", {})
+    flush = sl.l2_flusher(torch.device("cpu"))
+    (buf,) = sl._FLUSH_BUFFERS.values()
+    assert buf.numel() * buf.element_size() == 2 << 20 > sl.l2_cache_bytes("cpu")
+    buf.fill_(7)
+    flush()  # writes the whole buffer
+    assert int(buf.max()) == 0
+    assert sl.l2_flusher(torch.device("cpu")).__self__ is buf  # allocated once
+
+
+def test_measure_times_every_candidate_with_the_flush(monkeypatch, tmp_path):
+    table = sl.TuneTable(tmp_path / "t.json")
+    m, _ = _fast_module(monkeypatch, table)
+    monkeypatch.setattr(m, "_search_cslt", lambda t: (1, 1, 0))
+    flush = object()
+    monkeypatch.setattr(sl, "l2_flusher", lambda device: flush)
+    seen = []
+
+    def fake_time(fn, *, flush):
+        seen.append(flush)
+        fn()  # runs the backend on the example (fake cuSPARSELt / compact reference)
+        return {0: 0.5, 1: 1.0}[len(seen) - 1]
+
+    monkeypatch.setattr(sl, "_time_ms", fake_time)
+    entry = m._measure(8, ["cusparselt", "sparse24"])
+    assert seen == [flush, flush]
+    assert entry["ms"] == {"cusparselt": 0.5, "sparse24": 1.0} and entry["choice"] == "cusparselt"
+    assert entry["cslt_config"] == [1, 1, 0]
+
+
+# --------------------------------------------------------------------------- the CPU paths
+@pytest.mark.parametrize("memory", ["compact", "dense"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("lead", [(1,), (7,), (2, 7), (3, 1, 5)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_dense_path_matches_masked_linear(dtype, lead, bias):
-    k, n = 20, 12  # in_features divisible by 4 but not 16: dense only, any device
+def test_cpu_path_matches_masked_linear(dtype, lead, bias, memory):
+    k, n = 20, 12  # in_features divisible by 4 but not 16
     lin = pruned_linear(n, k, bias=bias, dtype=dtype, seed=len(lead) + 3 * bias)
-    m = SparseLinear.from_linear(lin)
+    m = SparseLinear.from_linear(lin, memory=memory)
     g = torch.Generator().manual_seed(11)
     x = torch.randn(*lead, k, generator=g).to(dtype)
     y = m(x)
@@ -300,10 +611,9 @@ def test_dense_path_matches_masked_linear(dtype, lead, bias):
     ref = sparse_mm_reference(x, lin.weight, lin.bias)
     rtol, atol = TOL[dtype]
     torch.testing.assert_close(y.float(), ref, rtol=rtol, atol=atol)
-    torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias))
 
 
-def test_dense_path_noncontiguous_and_empty():
+def test_cpu_path_noncontiguous_and_empty():
     lin = pruned_linear(8, 16, seed=4)
     m = SparseLinear.from_linear(lin)
     x = torch.randn(16, 6).T  # [6, 16], non-contiguous
@@ -317,28 +627,31 @@ def test_forward_input_checks():
         m(torch.randn(3, 12))
     with pytest.raises(RiaInputError, match="dtype"):
         m(torch.randn(3, 16, dtype=torch.float64))
+    with pytest.raises(RiaInputError, match="weight dtype must be one of"):
+        SparseLinear.from_linear(pruned_linear(8, 16, dtype=torch.float64))
 
 
-def test_tune_on_cpu_is_dense():
-    m = SparseLinear.from_linear(pruned_linear(24, 36, dtype=torch.bfloat16))
-    assert m.tune([1, 7, 300]) == {1: "dense", 8: "dense", 512: "dense"}
-    assert sl.tune_model(nn.Sequential(m), [4]) == {"0": {4: "dense"}}
+def test_tune_on_cpu_is_compact():
+    m = SparseLinear.from_linear(pruned_linear(24, 36, dtype=torch.bfloat16), memory="fast")
+    assert m.tune([1, 7, 300]) == {1: "sparse24", 8: "sparse24", 512: "sparse24"}
+    assert sl.tune_model(nn.Sequential(m), [4]) == {"0": {4: "sparse24"}}
 
 
 def test_choice_logged_once(caplog):
     with caplog.at_level(logging.INFO, logger="ria_kernels"):
         SparseLinear.from_linear(pruned_linear(44, 52))
         SparseLinear.from_linear(pruned_linear(44, 52, seed=1))
+        SparseLinear.from_linear(pruned_linear(44, 52, seed=1))(torch.randn(3, 52))
     lines = [r.getMessage() for r in caplog.records if "SparseLinear [44x52" in r.getMessage()]
-    assert len(lines) == 1 and "mode=dense" in lines[0]
-    if not CUDA:
-        assert "CUDA is not available" in lines[0]
+    assert len(lines) == 2, lines
+    assert "memory=compact, backend=sparse24" in lines[0] and "tokens<=4: backend=sparse24" in lines[1]
 
 
-def test_dense_path_under_torch_compile():
+@pytest.mark.parametrize("memory", ["compact", "dense"])
+def test_cpu_path_under_torch_compile(memory):
     torch._dynamo.reset()
     lin = pruned_linear(12, 32, seed=6)
-    m = SparseLinear.from_linear(lin)
+    m = SparseLinear.from_linear(lin, memory=memory)
     cm = torch.compile(m, fullgraph=True)
     for lead in ((5,), (2, 3)):
         x = torch.randn(*lead, 32)
@@ -361,8 +674,11 @@ def _gpu_case(tokens, dtype, bias, n=256, k=512, seed=0):
     return lin, x
 
 
+GPU_BACKENDS = ("sparse24", *sl.TENSOR_CORE_BACKENDS)
+
+
 @needs_cuda
-@pytest.mark.parametrize("backend", sl.SPARSE_BACKENDS)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("tokens", TOKENS)
@@ -370,7 +686,7 @@ def test_backend_matches_reference(backend, dtype, bias, tokens):
     _skip_unless_backend(backend, 256, 512, dtype)
     lin, x = _gpu_case(tokens, dtype, bias)
     m = SparseLinear.from_linear(lin, backend=backend)
-    assert m.backend == backend and m.weight is None  # forced sparse keeps no dense copy
+    assert m.backend == backend and m.weight is None  # a forced sparse backend keeps no dense copy
     poison_allocator(tokens * 256 * 2)
     y = m(x)
     assert y.shape == (tokens, 256) and y.dtype == dtype
@@ -382,7 +698,7 @@ def test_backend_matches_reference(backend, dtype, bias, tokens):
 
 
 @needs_cuda
-@pytest.mark.parametrize("backend", sl.SPARSE_BACKENDS)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_backend_under_torch_compile(backend):
     _skip_unless_backend(backend, 256, 512, torch.bfloat16)
     torch._dynamo.reset()
@@ -396,7 +712,7 @@ def test_backend_under_torch_compile(backend):
 
 
 @needs_cuda
-@pytest.mark.parametrize("backend", sl.SPARSE_BACKENDS)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_backend_in_cuda_graph(backend):
     _skip_unless_backend(backend, 256, 512, torch.float16)
     lin, x = _gpu_case(8, torch.float16, True, seed=5)
@@ -425,22 +741,47 @@ def test_cusparselt_plan_cache_hit_on_second_call():
 
 
 @needs_cuda
-def test_auto_mode_tunes_and_never_picks_slower_sparse():
+def test_fast_mode_tunes_and_never_picks_slower_than_compact():
     if torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("2:4 sparse tensor cores need compute capability >= 8.0")
     lin, x = _gpu_case(16, torch.float16, False, n=1024, k=1024, seed=9)
-    m = SparseLinear.from_linear(lin)
+    m = SparseLinear.from_linear(lin, memory="fast")
     choices = m.tune([1, 16, 1024])
+    assert len(m._held_copies()) <= 1 and m.weight is None
+    assert sum(m.held_bytes().values()) <= 1.15 * lin.weight.numel() * lin.weight.element_size()
     table = sl.TuneTable.load()  # written to the test's cache dir
     for bucket, backend in choices.items():
         entry = table.get(m._section, m._key(bucket))
-        assert entry is not None and "dense" in entry["ms"]
-        if backend != "dense":
-            assert entry["ms"][backend] <= entry["ms"]["dense"] * (1 - sl.SPARSE_MARGIN)
-        else:
-            assert all(entry["ms"][b] > entry["ms"]["dense"] * (1 - sl.SPARSE_MARGIN)
-                       for b in entry["ms"] if b != "dense")
+        assert entry is not None and "sparse24" in entry["ms"]
+        if backend != "sparse24":
+            assert entry["ms"][backend] <= entry["ms"]["sparse24"] * (1 - sl.SPARSE_MARGIN)
         xt = torch.randn(bucket, 1024, device="cuda", dtype=torch.float16)
         assert_rel_close(m(xt), sparse_mm_reference(xt, lin.weight, lin.bias), torch.float16)
-    m2 = SparseLinear.from_linear(lin)
-    assert {b: m2._memo[b][0] for b in choices} == choices  # loaded from the on-disk table
+
+
+@needs_cuda
+def test_fast_mode_in_cuda_graph_untuned_bucket_runs_compact():
+    """An untuned bucket captured in a graph runs the compact kernel (no search / plan in the capture)."""
+    _skip_unless_backend("cusparselt", 256, 512, torch.float16)
+    lin, x = _gpu_case(8, torch.float16, True, seed=12)
+    m = SparseLinear.from_linear(lin, memory="fast")
+    new_x = torch.randn_like(x)
+    os_env = sl.os.environ.get(sl.ENV_AUTOTUNE)
+    sl.os.environ[sl.ENV_AUTOTUNE] = "0"
+    try:
+        static_y = cuda_graph_replay(m, x.clone(), new_x)
+    finally:
+        if os_env is None:
+            del sl.os.environ[sl.ENV_AUTOTUNE]
+        else:
+            sl.os.environ[sl.ENV_AUTOTUNE] = os_env
+    assert m.backend_for(8) == "sparse24"
+    assert_rel_close(static_y, sparse_mm_reference(new_x, lin.weight, lin.bias), torch.float16)
+
+
+def test_forced_compact_kernel_holds_no_copy(monkeypatch, tmp_path):
+    FakeTensorCores(monkeypatch, runnable=("cusparselt",))
+    m = SparseLinear.from_linear(pruned_linear(32, 64, dtype=torch.float16), memory="fast", backend="sparse24")
+    assert m.backend == "sparse24" and m._held_copies() == [] and set(m.held_bytes()) == {"values", "meta", "bias"}
+    auto = SparseLinear.from_linear(pruned_linear(32, 64, dtype=torch.float16), memory="fast")
+    assert auto._held_copies() == ["cusparselt"]

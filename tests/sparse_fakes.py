@@ -1,0 +1,62 @@
+"""Stand-ins for sparse tensor cores on a CPU machine (test seams of ria_kernels.sparse_linear).
+
+FAKED here, and only here: which tensor-core backends "can run", the compressed copies they hold
+(uint8 / int16 zero buffers of the documented sizes) and cuSPARSELt's matmul (the float32 reference of
+the weight the copy was built from). Everything else a module does around them is the real code."""
+from __future__ import annotations
+
+import torch
+
+from ria_kernels import sparse_linear as sl
+from ria_kernels.ops.sparse_mm import sparse_mm_reference
+
+
+def cslt_bytes(n, k, itemsize):
+    """cuSPARSELt's compressed 2:4 size as documented: the kept half of the values plus 2 bits of index per
+    kept value (= the compact format's bytes); the real size (with any tile padding) is asserted on a GPU
+    by test_fast_mode_bytes_on_gpu."""
+    return n * k // 2 * itemsize + n * k // 8
+
+
+class FakeTensorCores:
+    """Seams that let a CPU module hold and run 'tensor-core copies': availability, the compressors
+    (fake copies of the documented sizes, recording their inputs) and the cuSPARSELt matmul (the float32
+    reference of the dense weight the copy was built from, so outputs stay checkable)."""
+
+    def __init__(self, monkeypatch, runnable=("cusparselt",)):
+        self.runnable = set(runnable)
+        self.compressed: list[tuple[str, torch.Tensor]] = []
+        self.cslt_calls: list[tuple[int, tuple]] = []
+        self.dense_of: dict[int, torch.Tensor] = {}
+        real = sl.backend_unavailable_reasons
+
+        def reasons(device, dtype, n, k, backends=sl.BACKENDS):
+            out = real(device, dtype, n, k, backends)
+            return {b: (None if b in self.runnable else r) for b, r in out.items()}
+
+        def compress(backend, dense):
+            dense = sl.positive_zeros(dense)  # what the real _compress_for_backend hands the compressors
+            self.compressed.append((backend, dense.clone()))
+            n, k = dense.shape
+            if backend == "cusparselt":
+                copy = torch.zeros(cslt_bytes(n, k, dense.element_size()), dtype=torch.uint8)
+                self.dense_of[copy.data_ptr()] = dense.clone()
+                return copy
+            return (torch.zeros(n, k // 2, dtype=dense.dtype), torch.zeros(n, k // 16, dtype=torch.int16))
+
+        def cslt_matmul(x2, compressed, n, bias, cfg):
+            self.cslt_calls.append((x2.shape[0], tuple(cfg)))
+            return sparse_mm_reference(x2, self.dense_of[compressed.data_ptr()], bias).to(x2.dtype)
+
+        monkeypatch.setattr(sl, "backend_unavailable_reasons", reasons)
+        monkeypatch.setattr(sl, "_compress_for_backend", compress)
+        monkeypatch.setattr(sl, "_cslt_matmul", cslt_matmul)
+
+    def as_gpu(self, m, monkeypatch, table, capturing=False):
+        """Make ``m`` look like a module on a GPU (device type, cache section); returns it."""
+        monkeypatch.setattr(m, "_device_type", lambda: "cuda")
+        m._section = "fake-gpu"
+        m._memo.clear()
+        monkeypatch.setattr(sl, "_capturing", lambda device: capturing)
+        sl.set_tune_table(table)
+        return m
