@@ -82,8 +82,11 @@ def validate_output_path(path: str | os.PathLike, *, kind: str, flag: str = "out
         anc = anc.parent
     if not anc.is_dir():
         raise RiaInputError(f"{flag} {path}: {anc} is not a directory")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise RiaInputError(f"{flag} {path}: {anc} is not writable")
+    try:  # a real probe: os.access says yes to root on read-only or virtual file systems (/proc)
+        probe = tempfile.mkdtemp(prefix=".ria-write-probe-", dir=anc)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise RiaInputError(f"{flag} {path}: cannot write in {anc} ({exc.strerror or exc})") from None
     return p
 
 
