@@ -473,12 +473,12 @@ def _save(args, model, tok, source_dtype, report, result) -> None:
     if save_dtype != work_dtype:  # keep the source's size on disk; the in-memory model stays as it is
         state_dict = {k: (v.to(save_dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     with atomic_output_dir(args.save, overwrite=args.overwrite) as tmp:
-        old = model.config.dtype
-        model.config.dtype = save_dtype
-        try:
-            model.save_pretrained(tmp, state_dict=state_dict)
-        finally:
-            model.config.dtype = old
+        model.save_pretrained(tmp, state_dict=state_dict)
+        if state_dict is not None:  # save_pretrained records the in-memory dtype; the files hold save_dtype
+            config_path = Path(tmp) / "config.json"
+            config = json.loads(config_path.read_text())
+            config["dtype"] = _dtype_name(save_dtype)
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tok.save_pretrained(tmp)
         if report.permutations:  # so the saved model can be run permuted later (load_prune_report)
             report.save_permutations(tmp)

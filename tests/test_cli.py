@@ -29,8 +29,10 @@ def tiny_checkpoint(tmp_path):
 
 
 def _args(d, *extra, model="model"):
-    return ["--model", str(d / model), "--calib-text", str(d / "calib.txt"), "--eval-text", str(d / "eval.txt"),
-            "--nsamples", "4", "--seqlen", "32", "--device", "cpu", "--quiet", *extra]
+    """Arguments of a small run on the tiny checkpoint (no --eval-text with --no-eval)."""
+    evaluation = [] if "--no-eval" in extra else ["--eval-text", str(d / "eval.txt")]
+    return ["--model", str(d / model), "--calib-text", str(d / "calib.txt"), *evaluation,
+            "--nsamples", "4", "--seqlen", "32", "--device", "cpu", "--quiet", *map(str, extra)]
 
 
 def _env(**extra):

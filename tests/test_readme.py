@@ -1,8 +1,8 @@
 """The README's Python examples run as pasted (offline, on the embedded model).
 
 A block whose first line is ``# after: ria-prune ...`` needs that command's output first: the
-test runs it (through ``ria_kernels.cli.main``, with ``--quiet`` and a short calibration added
-to stay fast) in the same working directory."""
+test runs it (through ``ria_kernels.cli.main``, with ``--quiet``, a short calibration and the
+permutation's fast path ``--no-lsa`` added to stay fast) in the same working directory."""
 import re
 import shlex
 from pathlib import Path
@@ -33,7 +33,8 @@ def test_readme_python_block_runs_as_pasted(index, tmp_path, monkeypatch, capsys
     if first.startswith("# after: ria-prune"):
         from ria_kernels.cli import main
         argv = shlex.split(first.removeprefix("# after: ria-prune"))
-        assert main(argv + ["--quiet", "--nsamples", "2", "--device", "cpu"]) == 0
+        fast = ["--quiet", "--nsamples", "2", "--device", "cpu"] + (["--no-lsa"] if "--permute" in argv else [])
+        assert main(argv + fast) == 0
     namespace: dict = {"__name__": "__readme__"}
     exec(compile(block, f"README.md python block {index}", "exec"), namespace)  # noqa: S102
     if "report" in namespace and hasattr(namespace["report"], "actual_sparsity"):
