@@ -238,6 +238,9 @@ def _check_args(args):
     from ._io import validate_output_path
     from ._validation import check_ratio, parse_sparsity
     _check_flags(args)
+    if args.eval_zero_shot:
+        from .zero_shot import require_lm_eval
+        require_lm_eval()  # before minutes of pruning, not after
     if args.sparsity_type == "unstructured":
         ratio = 0.5 if args.sparsity_ratio is None else args.sparsity_ratio
         spec = parse_sparsity(check_ratio(ratio, "--sparsity-ratio"))
@@ -273,9 +276,6 @@ def _check_args(args):
                              markers=(RUN_MARKER, "config.json"))
     if args.json:
         validate_output_path(args.json, kind="file", flag="--json", source=source, overwrite=args.overwrite)
-    if args.eval_zero_shot:
-        from .zero_shot import require_lm_eval
-        require_lm_eval()  # before minutes of pruning, not after
     return spec
 
 
