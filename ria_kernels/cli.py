@@ -55,7 +55,8 @@ outputs:
 threads:
   On a CPU, models under 50M parameters run with one torch thread (small matmuls do not scale, and
   threads that wait on a busy core cost minutes); larger ones use torch's default. --threads N or
-  OMP_NUM_THREADS overrides this.
+  OMP_NUM_THREADS overrides this. Models under 50M parameters are evaluated 16 windows per forward
+  pass (--eval-batch-size); the perplexity is the same sum over the same windows.
 
 Errors in the input print one line "ria-prune: error: ..." and exit with status 2;
 Ctrl-C prints "ria-prune: interrupted" and exits with status 130.
@@ -126,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-text", help="local text file for perplexity")
     g.add_argument("--eval-dataset", choices=["wikitext2", "c4", "ptb"], help="online evaluation dataset")
     g.add_argument("--max-eval-windows", type=int, help="cap the number of evaluation windows (recorded in the report)")
+    g.add_argument("--eval-batch-size", type=int,
+                   help="evaluation windows per forward pass (default: 16 for models under 50M parameters, else 1)")
     g.add_argument("--no-dense-eval", action="store_true", help="skip the dense perplexity")
     g.add_argument("--no-eval", action="store_true", help="no perplexity at all (e.g. prune and --save only)")
     g.add_argument("--eval-zero-shot", metavar="TASKS",
@@ -218,6 +221,8 @@ def _check_flags(args) -> None:
                             ("--sparse-inference", args.sparse_inference)):
             if value:
                 raise RiaInputError(f"{flag} has no effect with --no-eval (nothing is evaluated)")
+        if args.eval_batch_size is not None:
+            raise RiaInputError("--eval-batch-size has no effect with --no-eval (nothing is evaluated)")
     if args.sparse_inference and args.sparsity_type.replace(" ", "") != "2:4":
         raise RiaInputError("--sparse-inference converts 2:4 linears only (the pattern sparse tensor cores run); "
                             f"--sparsity-type {args.sparsity_type} would leave every linear dense")
@@ -253,7 +258,8 @@ def _check_args(args):
             raise RiaInputError(f"--sparsity-type must be 'unstructured' or N:M such as 2:4, got {args.sparsity_type!r}")
     for flag, value, lo in (("--nsamples", args.nsamples, 1), ("--seqlen", args.seqlen, 2), ("--blocks", args.blocks, 1),
                             ("--blocksize", args.blocksize, 1), ("--batch-size", args.batch_size, 1),
-                            ("--max-eval-windows", args.max_eval_windows, 1), ("--threads", args.threads, 1)):
+                            ("--max-eval-windows", args.max_eval_windows, 1), ("--threads", args.threads, 1),
+                            ("--eval-batch-size", args.eval_batch_size, 1)):
         if value is not None and value < lo:
             raise RiaInputError(f"{flag} must be >= {lo}, got {value}")
     if args.percdamp is not None and not (0 < args.percdamp < 1):
@@ -438,6 +444,7 @@ def _settings(args, spec, nsamples, seqlen, device, dtype) -> dict:
             "owl_lambda": (0.08 if args.owl_lambda is None else args.owl_lambda) if args.layerwise == "owl" else None,
             "owl_m": (5.0 if args.owl_m is None else args.owl_m) if args.layerwise == "owl" else None,
             "seed": args.seed, "nsamples": nsamples, "seqlen": seqlen, "max_eval_windows": args.max_eval_windows,
+            "eval_batch_size": None if args.no_eval else args.eval_batch_size,
             "eval": not args.no_eval, "dense_eval": not (args.no_eval or args.no_dense_eval),
             "sparse_inference": args.sparse_inference, "zero_shot_tasks": _zero_shot_tasks(args),
             "save": args.save, "save_dtype": (args.save_dtype or "source") if args.save else None,
@@ -577,7 +584,11 @@ def run(args, argv: list[str] | None = None) -> dict:
         "evaluation": None, "backends": {}, "layerwise": None, "pruning": {}, "sparse_inference": None,
         "zero_shot": None, "outputs": {"save": None, "json": None}, "timings_s": timings,
     }
-    ev = dict(max_windows=args.max_eval_windows, progress=progress)
+    small = result["model"]["parameters"] < SMALL_MODEL_PARAMS
+    eval_batch = args.eval_batch_size or (16 if small else 1)  # small models: per-forward overhead dominates
+    if not args.no_eval:
+        result["settings"]["eval_batch_size"] = eval_batch
+    ev = dict(max_windows=args.max_eval_windows, progress=progress, batch_size=eval_batch)
     if eval_ids is not None:
         result["evaluation"] = {"source": eval_source, "seqlen": seqlen, "available_tokens": int(eval_ids.numel()),
                                 "max_eval_windows": args.max_eval_windows, "windows": 0, "tokens": 0}

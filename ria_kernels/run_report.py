@@ -36,7 +36,7 @@ SCHEMA: dict[str, Any] = {
                  "reconstruction": "bool", "blocksize": "int?", "percdamp": "number?", "batch_size": "int",
                  "offload": "bool", "backend": "str?", "layerwise": "str", "beta": "number?",
                  "owl_lambda": "number?", "owl_m": "number?", "seed": "int", "nsamples": "int", "seqlen": "int",
-                 "max_eval_windows": "int?", "eval": "bool", "dense_eval": "bool", "sparse_inference": "bool",
+                 "max_eval_windows": "int?", "eval_batch_size": "int?", "eval": "bool", "dense_eval": "bool", "sparse_inference": "bool",
                  "zero_shot_tasks": ["str"], "save": "str?", "save_dtype": "str?", "json": "str?",
                  "overwrite": "bool", "threads": "int?", "device": "str", "dtype": "str"},
     "calibration": {"source": _SOURCE, "nsamples": "int", "seqlen": "int", "tokens": "int", "seed": "int"},

@@ -256,7 +256,7 @@ def test_row5_max_eval_windows_is_reported_as_used(tiny_checkpoint):
     ev = r["evaluation"]
     assert ev["max_eval_windows"] == 3 and ev["windows"] == 3 and ev["tokens"] == 3 * 32
     assert ev["pruned"]["predicted_tokens"] == 3 * 31 and ev["available_tokens"] > 3 * 32
-    assert r["settings"]["max_eval_windows"] == 3
+    assert r["settings"]["max_eval_windows"] == 3 and r["settings"]["eval_batch_size"] == 16
     assert f"3 windows x 32 = 96 of {ev['available_tokens']} tokens, capped by --max-eval-windows 3" in p.stdout
     # row 15: a small model on the CPU runs with one torch thread unless told otherwise
     assert r["machine"]["torch_threads"] == 1 and r["machine"]["threads_source"].startswith("auto")
@@ -368,6 +368,8 @@ CONFLICTS = [
     (["--no-eval", "--max-eval-windows", "2"], "has no effect with --no-eval"),
     (["--no-eval", "--sparse-inference", "--sparsity-type", "2:4"], "has no effect with --no-eval"),
     (["--save-dtype", "float16"], "--save-dtype needs --save"),
+    (["--no-eval", "--eval-batch-size", "4"], "has no effect with --no-eval"),
+    (["--eval-batch-size", "0"], "--eval-batch-size must be >= 1"),
     (["--overwrite"], "--overwrite needs --save"),
     (["--threads", "0"], "--threads must be >= 1"),
     (["--sparsity-ratio", "1.5"], "in [0, 1)"),
