@@ -471,12 +471,15 @@ def _save(args, model, tok, source_dtype, report, result) -> None:
 
     from ._io import atomic_output_dir, atomic_write_text
     from .pruning import _json_safe
+    work_dtype = next(model.parameters()).dtype
     name = args.save_dtype or "source"
     if name == "source":
-        name = _dtype_name(source_dtype) or _dtype_name(next(model.parameters()).dtype)
-    save_dtype = getattr(torch, str(name))
+        name = _dtype_name(source_dtype)
+        if name not in ("float32", "float16", "bfloat16"):
+            _warn(f"the source checkpoint records no usable dtype ({name!r}); saving in {_dtype_name(work_dtype)}")
+            name = _dtype_name(work_dtype)
+    save_dtype = getattr(torch, name)
     state_dict = None
-    work_dtype = next(model.parameters()).dtype
     if save_dtype != work_dtype:  # keep the source's size on disk; the in-memory model stays as it is
         state_dict = {k: (v.to(save_dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     with atomic_output_dir(args.save, overwrite=args.overwrite) as tmp:
