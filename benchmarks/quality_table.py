@@ -95,15 +95,18 @@ def main() -> int:
         runs = [r for r in RUNS if r[0] in wanted]
     from tqdm import tqdm
     t0 = time.perf_counter()
-    dense = run_one(["--method", "magnitude", "--sparsity-ratio", "0.0"])["dense_ppl"]
+    dense = run_one(["--method", "magnitude", "--sparsity-ratio", "0.0"])["evaluation"]["dense"]["ppl"]
     rows = []
     for name, column, flags in tqdm(runs, desc="quality table", unit="run"):
         r = run_one(flags + ["--no-dense-eval"])
-        rows.append({"name": name, "column": column, "flags": " ".join(flags), "pruned_ppl": r["pruned_ppl"],
-                     "actual_sparsity": r["actual_sparsity"], "prune_time_s": r["prune_time_s"],
-                     "beta": r.get("beta"), "layer_sparsities": r.get("layer_sparsities"),
-                     "nsamples": r["nsamples"], "seqlen": r["seqlen"], "eval_tokens": r["eval_tokens"]})
-        tqdm.write(f"{name:24s} ppl {r['pruned_ppl']:9.3f}  sparsity {r['actual_sparsity']:.4f}")
+        lw = r["layerwise"] or {}  # the run report: docs/report_schema.md
+        rows.append({"name": name, "column": column, "flags": " ".join(flags),
+                     "pruned_ppl": r["evaluation"]["pruned"]["ppl"],
+                     "actual_sparsity": r["pruning"]["actual_sparsity"], "prune_time_s": r["pruning"]["total_time_s"],
+                     "beta": lw.get("beta"), "layer_sparsities": lw.get("layer_sparsities"),
+                     "nsamples": r["calibration"]["nsamples"], "seqlen": r["calibration"]["seqlen"],
+                     "eval_tokens": r["evaluation"]["tokens"]})
+        tqdm.write(f"{name:24s} ppl {rows[-1]['pruned_ppl']:9.3f}  sparsity {rows[-1]['actual_sparsity']:.4f}")
     env = environment()
     env["command"] = "python " + " ".join(sys.argv)
     table = markdown(rows, dense)

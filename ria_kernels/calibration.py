@@ -44,10 +44,39 @@ def tokenize_text(tokenizer, text: str, *, add_special_tokens: bool = False) -> 
     return ids.long()
 
 
+def model_max_positions(model) -> int | None:
+    """The longest sequence ``model`` was built for (``config.max_position_embeddings``), or None."""
+    value = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def tokenizer_max_length(tokenizer) -> int | None:
+    """``tokenizer.model_max_length`` when it is a real limit (HF uses ~1e30 for "none")."""
+    value = getattr(tokenizer, "model_max_length", None)
+    return int(value) if isinstance(value, int) and 0 < value <= 10_000_000 else None
+
+
+def check_seqlen(seqlen: int, max_positions: int | None, name: str = "seqlen") -> None:
+    """RiaInputError when windows of ``seqlen`` tokens do not fit the model's positions (the
+    same check and message in the CLI, calibration and perplexity)."""
+    if max_positions is not None and isinstance(seqlen, int) and seqlen > max_positions:
+        raise RiaInputError(f"{name}={seqlen} exceeds the model's max_position_embeddings={max_positions}")
+
+
+def _max_positions(tokenizer, model, max_positions) -> int | None:
+    if max_positions is not None:
+        if isinstance(max_positions, bool) or not isinstance(max_positions, int) or max_positions < 2:
+            raise RiaInputError(f"max_positions must be an integer >= 2 or None, got {max_positions!r}")
+        return max_positions
+    if model is not None:
+        return model_max_positions(model)
+    return tokenizer_max_length(tokenizer)
+
+
 def _check_window_args(nsamples, seqlen) -> None:
-    if not isinstance(nsamples, int) or nsamples < 1:
+    if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 1:
         raise RiaInputError(f"nsamples must be an integer >= 1, got {nsamples!r}")
-    if not isinstance(seqlen, int) or seqlen < 2:
+    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
         raise RiaInputError(f"seqlen must be an integer >= 2, got {seqlen!r}")
 
 
@@ -63,13 +92,24 @@ def sample_windows(token_ids: torch.Tensor, nsamples: int, seqlen: int, seed: in
     return torch.stack([token_ids[s:s + seqlen] for s in starts.tolist()]).long()
 
 
-def calibration_from_text(tokenizer, text: str, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+def calibration_from_text(tokenizer, text: str, nsamples: int, seqlen: int, seed: int = 0, *,
+                          model=None, max_positions: int | None = None) -> torch.Tensor:
+    """Random windows from ``text``; see :func:`calibration_from_file`."""
+    _check_window_args(nsamples, seqlen)
+    check_seqlen(seqlen, _max_positions(tokenizer, model, max_positions))
     return sample_windows(tokenize_text(tokenizer, text), nsamples, seqlen, seed)
 
 
-def calibration_from_file(tokenizer, path: str | Path, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """Random windows from a local text file (the offline calibration source)."""
-    return calibration_from_text(tokenizer, read_text(path), nsamples, seqlen, seed)
+def calibration_from_file(tokenizer, path: str | Path, nsamples: int, seqlen: int, seed: int = 0, *,
+                          model=None, max_positions: int | None = None) -> torch.Tensor:
+    """``nsamples`` random windows of ``seqlen`` tokens from a local text file (the offline
+    calibration source): LongTensor [nsamples, seqlen]. ``seqlen`` must fit the model's
+    positions: ``max_positions``, else ``model.config.max_position_embeddings``, else the
+    tokenizer's ``model_max_length`` (the same check as ``ria-prune --seqlen``)."""
+    _check_window_args(nsamples, seqlen)
+    limit = _max_positions(tokenizer, model, max_positions)
+    check_seqlen(seqlen, limit)
+    return calibration_from_text(tokenizer, read_text(path), nsamples, seqlen, seed, max_positions=limit)
 
 
 # ----------------------------------------------------------------- datasets ---
@@ -112,11 +152,14 @@ def load_dataset_text(name: str, split: str) -> str:
     return " ".join(ds[:1100]["text"])
 
 
-def calibration_from_dataset(tokenizer, name: str, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
+def calibration_from_dataset(tokenizer, name: str, nsamples: int, seqlen: int, seed: int = 0, *,
+                             model=None, max_positions: int | None = None) -> torch.Tensor:
     """Calibration windows as the Wanda/RIA loaders draw them: c4 picks random
     training documents longer than ``seqlen`` and a random window in each;
-    wikitext2/ptb take random windows of the tokenised training split."""
+    wikitext2/ptb take random windows of the tokenised training split.
+    ``seqlen`` is checked as in :func:`calibration_from_file`."""
     _check_window_args(nsamples, seqlen)
+    check_seqlen(seqlen, _max_positions(tokenizer, model, max_positions))
     if name != "c4":
         return sample_windows(tokenize_text(tokenizer, load_dataset_text(name, "train")), nsamples, seqlen, seed)
     docs = _load(name, "train")

@@ -1,11 +1,20 @@
-"""``ria-prune``: prune a HuggingFace causal LM and report dense vs pruned perplexity."""
+"""``ria-prune``: prune a HuggingFace causal LM and report dense vs pruned perplexity.
+
+Order of work, so that a long run cannot fail at its end: every argument, flag
+combination and output path is checked before any model is loaded; the model's
+shape-dependent checks run right after loading, before calibration; outputs are
+written atomically at the end (``_io``). Ctrl-C prints ``ria-prune: interrupted`` and
+exits 130 without leaving a complete-looking output directory.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ._errors import BackendUnavailableError, RiaInputError
@@ -15,25 +24,51 @@ examples:
   ria-prune                                   # RIA, 50% unstructured, embedded model, offline, < 1 min on CPU
   ria-prune --sparsity-type 2:4 --method wanda --json out/wanda-2of4.json
   ria-prune --model ./my-llama --calib-text calib.txt --eval-text test.txt --device cpu --save out/pruned
+  ria-prune --model ./my-llama --calib-text calib.txt --no-eval --save out/pruned   # prune and save only
   ria-prune --model meta-llama/Llama-2-7b-hf --method ria --sparsity-type 2:4 --permute \\
             --calib-dataset c4 --eval-dataset wikitext2 --device cuda --save out/llama2-7b-ria-2of4
   ria-prune --model meta-llama/Llama-2-70b-hf --device map --sparsity-type 2:4   # several GPUs / CPU offload
   ria-prune --method sparsegpt --sparsity-ratio 0.7 --layerwise atp   # ATP, beta searched on calibration data
   ria-prune --method ria --sparsity-ratio 0.7 --layerwise owl --owl-lambda 0.08 --owl-m 5
   ria-prune --method ria --sparsity-type 2:4 --reconstruction          # RIA + SparseGPT-style reconstruction
+  ria-prune --save out/pruned --overwrite     # replace the output of an earlier run (nothing stale is kept)
 
 sparsity:
   --sparsity-type unstructured prunes --sparsity-ratio (a fraction in [0, 1)) of every linear layer
   (one threshold per linear module as in RIA; --per-output thresholds each output row as in Wanda).
-  An N:M type such as 2:4 prunes N of every M consecutive input weights (2:4 = 50%, 1:4 = 25%).
+  An N:M type such as 2:4 prunes N of every M consecutive input weights (2:4 = 50%, 1:4 = 25%);
+  --sparsity-ratio, --per-output and --layerwise do not apply to it.
 
 data:
   With no --model the embedded default model and its held-out calibration/evaluation text are used.
   --calib-dataset/--eval-dataset (c4, wikitext2, ptb) need the `datasets` package and network;
   local files (--calib-text/--eval-text) work offline. Perplexity uses non-overlapping windows of --seqlen.
+  A --model that is not an existing directory is a Hugging Face hub id (the local cache is tried first).
 
-Errors in the input print one line "ria-prune: error: ..." and exit with status 2.
+outputs:
+  --save and --json are checked before the model is loaded: not an existing file, not the source model,
+  not a non-empty directory unless --overwrite. They are written atomically (temporary sibling, fsync,
+  rename); --save also writes DIR/ria_prune_report.json. The JSON report follows docs/report_schema.md
+  (schema_version 1): settings, seed, data sources and token counts used, versions, device, backends,
+  per-linear sparsity and timings. Weights are saved in the source checkpoint's dtype (--save-dtype).
+
+threads:
+  On a CPU, models under 50M parameters run with one torch thread (small matmuls do not scale, and
+  threads that wait on a busy core cost minutes); larger ones use torch's default. --threads N or
+  OMP_NUM_THREADS overrides this. Models under 50M parameters are evaluated 16 windows per forward
+  pass (--eval-batch-size); the perplexity is the same sum over the same windows.
+
+Errors in the input print one line "ria-prune: error: ..." and exit with status 2;
+Ctrl-C prints "ria-prune: interrupted" and exits with status 130.
 """
+
+SMALL_MODEL_PARAMS = 50_000_000
+RUN_MARKER = "ria_prune_report.json"  # written into every --save directory
+
+
+def _version() -> str:
+    from . import __version__
+    return f"ria-prune (ria-kernels) {__version__}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,29 +76,38 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ria-prune", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Post-training pruning of causal LMs with RIA (Relative Importance and Activations), "
                     "Wanda, RI, magnitude or SparseGPT; unstructured or N:M; prints dense and pruned perplexity.")
+    p.add_argument("--version", action="version", version=_version())
     g = p.add_argument_group("model")
     g.add_argument("--model", help="HF model id or local directory (default: the embedded model shipped with ria-kernels)")
     g.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (cuda if available) | "
                    "map (device_map='auto': several GPUs / CPU offload). Default: auto")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="weights dtype (auto: float16 on GPU, float32 on CPU)")
+                   help="weights dtype while pruning (auto: float16 on GPU, float32 on CPU, also with --device map)")
+    g.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: 1 for models under 50M parameters on a CPU, else torch's default;"
+                        " OMP_NUM_THREADS is respected)")
     g = p.add_argument_group("pruning")
     g.add_argument("--method", default="ria", choices=["magnitude", "wanda", "ri", "ria", "sparsegpt"])
-    g.add_argument("--sparsity-ratio", type=float, default=0.5, help="fraction of weights pruned (unstructured)")
+    g.add_argument("--sparsity-ratio", type=float,
+                   help="fraction of weights pruned, unstructured only (default 0.5)")
     g.add_argument("--sparsity-type", default="unstructured", help="'unstructured' or N:M such as 2:4, 4:8, 1:4")
-    g.add_argument("--a", type=float, default=0.5, help="RIA activation exponent a (default 0.5)")
+    g.add_argument("--a", type=float, help="RIA activation exponent a (default 0.5; --method ria only)")
     g.add_argument("--per-output", action="store_true",
                    help="unstructured: prune per output row (Wanda's default) instead of per layer (RIA's)")
     g.add_argument("--permute", action="store_true", help="N:M: channel permutation (allocation + LSA)")
-    g.add_argument("--lsa", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --permute: linear-sum-assignment refinement after the heuristic allocation")
-    g.add_argument("--blocks", type=int, default=1, help="with --permute: fast LSA over this many communities")
-    g.add_argument("--reconstruction", action="store_true", help="OBS weight reconstruction after masking (RIA+rec)")
+    g.add_argument("--lsa", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --permute: linear-sum-assignment refinement after the heuristic allocation (default on)")
+    g.add_argument("--blocks", type=int,
+                   help="with --permute and LSA: fast LSA over this many communities (default 1)")
+    g.add_argument("--reconstruction", action="store_true",
+                   help="OBS weight reconstruction after masking (RIA+rec; not with --method sparsegpt)")
     g.add_argument("--sparse-inference", action="store_true",
-                   help="after pruning, convert the model with to_sparse_inference (2:4 linears become SparseLinear, "
-                        "channel permutations applied for real) and report its perplexity too")
-    g.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
-    g.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT Hessian damping (fraction of mean diag)")
+                   help="2:4 only: after pruning, convert the model with to_sparse_inference (2:4 linears become "
+                        "SparseLinear, channel permutations applied for real), report how many linears run on "
+                        "which backend, and the converted model's perplexity")
+    g.add_argument("--blocksize", type=int, help="SparseGPT column block size (default 128; sparsegpt/--reconstruction)")
+    g.add_argument("--percdamp", type=float,
+                   help="SparseGPT Hessian damping, fraction of mean diag (default 0.01; sparsegpt/--reconstruction)")
     g.add_argument("--batch-size", type=int, default=1, help="calibration samples per forward pass (default 1)")
     g.add_argument("--offload", action="store_true",
                    help="keep calibration activations on the CPU (less GPU memory; implied by --device map)")
@@ -72,30 +116,41 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layerwise", default="uniform", choices=["uniform", "atp", "owl"],
                    help="per-layer sparsity allocation (unstructured only)")
     g.add_argument("--beta", type=float, help="ATP common difference; searched on calibration data if omitted")
-    g.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: rates lie in [s-lambda, s+lambda]")
-    g.add_argument("--owl-m", type=float, default=5.0, help="OWL: outlier threshold M (metric > M * mean)")
+    g.add_argument("--owl-lambda", type=float, help="OWL: rates lie in [s-lambda, s+lambda] (default 0.08)")
+    g.add_argument("--owl-m", type=float, help="OWL: outlier threshold M, metric > M * mean (default 5)")
     g = p.add_argument_group("data")
     g.add_argument("--nsamples", type=int, help="calibration windows (default 128; 32 for the embedded model)")
     g.add_argument("--seqlen", type=int, help="tokens per window (default min(2048, model max); 128 for the embedded model)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampling (default 0)")
     g.add_argument("--calib-text", help="local text file for calibration")
     g.add_argument("--calib-dataset", choices=["c4", "wikitext2", "ptb"], help="online calibration dataset")
     g.add_argument("--eval-text", help="local text file for perplexity")
     g.add_argument("--eval-dataset", choices=["wikitext2", "c4", "ptb"], help="online evaluation dataset")
-    g.add_argument("--max-eval-windows", type=int, help="cap the number of evaluation windows")
+    g.add_argument("--max-eval-windows", type=int, help="cap the number of evaluation windows (recorded in the report)")
+    g.add_argument("--eval-batch-size", type=int,
+                   help="evaluation windows per forward pass (default: 16 for models under 50M parameters, else 1)")
     g.add_argument("--no-dense-eval", action="store_true", help="skip the dense perplexity")
+    g.add_argument("--no-eval", action="store_true", help="no perplexity at all (e.g. prune and --save only)")
     g.add_argument("--eval-zero-shot", metavar="TASKS",
                    help="comma-separated lm-eval tasks, or 'default' (boolq,rte,hellaswag,arc_challenge,mnli); needs network")
     g = p.add_argument_group("output")
-    g.add_argument("--save", metavar="DIR", help="write the pruned model (HF checkpoint) and tokenizer")
-    # --save-sparse (issue #11): compressed 2:4 checkpoint, read back with ria_kernels.load_sparse
+    g.add_argument("--save", metavar="DIR", help="write the pruned model (HF checkpoint), tokenizer and report")
+    g.add_argument("--save-dtype", choices=["source", "float32", "float16", "bfloat16"],
+                   help="dtype of the saved weights (default: source, the checkpoint's own dtype)")
     g.add_argument("--save-sparse", metavar="DIR", help="2:4 only: convert with to_sparse_inference and write a "
-                   "compressed checkpoint (2:4 values + indices, permutations, config, tokenizer); load it with "
-                   "ria_kernels.load_sparse(DIR)")
-    g.add_argument("--json", metavar="PATH", help="write the JSON report here")
+                   "compressed checkpoint (2:4 values + indices, permutations, config, tokenizer; about 0.56x the "
+                   "dense linear bytes); load it with ria_kernels.load_sparse(DIR)")
+    g.add_argument("--json", metavar="PATH", help="write the JSON report here (schema: docs/report_schema.md)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --save / --save-sparse directory or --json file (the old contents are removed)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("-v", "--verbose", action="store_true", help="log backend choices and timings")
     return p
+
+
+# ------------------------------------------------------------------ checks ---
+def _warn(msg: str) -> None:
+    print(f"ria-prune: warning: {msg}", file=sys.stderr)
 
 
 def _resolve_device(name: str) -> str:
@@ -104,20 +159,105 @@ def _resolve_device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "map":
         return name
+    bad = RiaInputError(f"--device must be cpu, cuda, cuda:N, auto or map, got {name!r}")
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise RiaInputError(f"--device must be cpu, cuda, cuda:N, auto or map, got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise bad from None
+    if dev.type == "cpu" and dev.index is None:
+        return "cpu"
+    if dev.type != "cuda":
+        raise bad
+    if not torch.cuda.is_available():
         raise RiaInputError(f"--device {name}: no CUDA device is available")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RiaInputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return name
+
+
+def _looks_like_path(name: str) -> bool:
+    """A --model value that can only mean a local directory (hub ids are 'name' or 'org/name')."""
+    return (name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/") or name.count("/") > 1
+            or os.sep in name and Path(name.split(os.sep)[0]).is_dir())
+
+
+def _check_flags(args) -> None:
+    """Meaningless or conflicting flag combinations: one clear error each."""
+    nm = args.sparsity_type != "unstructured"
+    if nm and args.sparsity_ratio is not None:
+        raise RiaInputError(f"--sparsity-ratio applies to unstructured sparsity; --sparsity-type {args.sparsity_type} "
+                            "fixes the pruned fraction (N of every M)")
+    if nm and args.per_output:
+        raise RiaInputError("--per-output is for unstructured sparsity; N:M is per row already")
+    if args.permute and not nm:
+        raise RiaInputError("--permute needs an N:M --sparsity-type such as 2:4")
+    if args.permute and args.method == "sparsegpt":
+        raise RiaInputError("--permute is not supported with --method sparsegpt (its mask depends on the update order)")
+    if args.lsa is not None and not args.permute:
+        raise RiaInputError("--lsa/--no-lsa is a step of channel permutation; it needs --permute")
+    if args.blocks is not None and not (args.permute and args.lsa is not False):
+        raise RiaInputError("--blocks splits the LSA step of channel permutation; it needs --permute (with LSA)")
+    if args.reconstruction and args.method == "sparsegpt":
+        raise RiaInputError("--reconstruction is what --method sparsegpt does already; use it with another method")
+    for flag, value in (("--blocksize", args.blocksize), ("--percdamp", args.percdamp)):
+        if value is not None and not (args.method == "sparsegpt" or args.reconstruction):
+            raise RiaInputError(f"{flag} is a SparseGPT setting; it needs --method sparsegpt or --reconstruction")
+    if args.a is not None and args.method != "ria":
+        raise RiaInputError(f"--a is RIA's activation exponent; --method {args.method} does not use it")
+    if args.layerwise != "uniform" and nm:
+        raise RiaInputError("--layerwise atp/owl needs --sparsity-type unstructured")
+    if args.beta is not None and args.layerwise != "atp":
+        raise RiaInputError("--beta is only used with --layerwise atp")
+    for flag, value in (("--owl-lambda", args.owl_lambda), ("--owl-m", args.owl_m)):
+        if value is not None and args.layerwise != "owl":
+            raise RiaInputError(f"{flag} is only used with --layerwise owl")
+    if args.layerwise == "atp" and args.beta is None and args.nsamples is not None and args.nsamples < 2:
+        raise RiaInputError("--layerwise atp without --beta searches beta on held-out calibration windows: "
+                            "it needs --nsamples >= 2")
+    if args.calib_text and args.calib_dataset:
+        raise RiaInputError("pass only one of --calib-text and --calib-dataset")
+    if args.eval_text and args.eval_dataset:
+        raise RiaInputError("pass only one of --eval-text and --eval-dataset")
+    if args.no_eval:
+        for flag, value in (("--eval-text", args.eval_text), ("--eval-dataset", args.eval_dataset),
+                            ("--max-eval-windows", args.max_eval_windows), ("--no-dense-eval", args.no_dense_eval),
+                            ("--sparse-inference", args.sparse_inference)):
+            if value:
+                raise RiaInputError(f"{flag} has no effect with --no-eval (nothing is evaluated)")
+        if args.eval_batch_size is not None:
+            raise RiaInputError("--eval-batch-size has no effect with --no-eval (nothing is evaluated)")
+    if args.sparse_inference and args.sparsity_type.replace(" ", "") != "2:4":
+        raise RiaInputError("--sparse-inference converts 2:4 linears only (the pattern sparse tensor cores run); "
+                            f"--sparsity-type {args.sparsity_type} would leave every linear dense")
+    if args.save_dtype is not None and not args.save:
+        raise RiaInputError("--save-dtype needs --save DIR")
+    if args.overwrite and not (args.save or args.save_sparse or args.json):
+        raise RiaInputError("--overwrite needs --save DIR, --save-sparse DIR or --json PATH")
+    if args.save and args.json:
+        a, b = Path(args.save).expanduser().resolve(), Path(args.json).expanduser().resolve()
+        if a == b:
+            raise RiaInputError("--json must not be the --save directory; give a file name (e.g. DIR/report.json)")
+    if args.save_sparse:
+        a = Path(args.save_sparse).expanduser().resolve()
+        for flag, other in (("--save", args.save), ("--json", args.json)):
+            b = Path(other).expanduser().resolve() if other else None
+            if b is not None and (a == b or (flag == "--save" and (a in b.parents or b in a.parents))):
+                raise RiaInputError(f"--save-sparse must not be (or overlap) the {flag} path {other}")
+    if args.offload and args.device == "cpu":
+        _warn("--offload keeps activations on the CPU; with --device cpu it changes nothing")
 
 
 def _check_args(args):
     """Everything that can be checked before loading a model. Returns the sparsity spec."""
+    from ._io import validate_output_path
     from ._validation import check_ratio, parse_sparsity
+    _check_flags(args)
+    if args.eval_zero_shot:
+        from .zero_shot import require_lm_eval
+        require_lm_eval()  # before minutes of pruning, not after
     if args.sparsity_type == "unstructured":
-        spec = parse_sparsity(check_ratio(args.sparsity_ratio, "--sparsity-ratio"))
+        ratio = 0.5 if args.sparsity_ratio is None else args.sparsity_ratio
+        spec = parse_sparsity(check_ratio(ratio, "--sparsity-ratio"))
     else:
         try:
             spec = parse_sparsity(args.sparsity_type)
@@ -127,233 +267,519 @@ def _check_args(args):
             raise RiaInputError(f"--sparsity-type must be 'unstructured' or N:M such as 2:4, got {args.sparsity_type!r}")
     for flag, value, lo in (("--nsamples", args.nsamples, 1), ("--seqlen", args.seqlen, 2), ("--blocks", args.blocks, 1),
                             ("--blocksize", args.blocksize, 1), ("--batch-size", args.batch_size, 1),
-                            ("--max-eval-windows", args.max_eval_windows, 1)):
+                            ("--max-eval-windows", args.max_eval_windows, 1), ("--threads", args.threads, 1),
+                            ("--eval-batch-size", args.eval_batch_size, 1)):
         if value is not None and value < lo:
             raise RiaInputError(f"{flag} must be >= {lo}, got {value}")
-    if args.permute and not spec.is_nm:
-        raise RiaInputError("--permute needs an N:M --sparsity-type such as 2:4")
-    if args.layerwise != "uniform" and spec.is_nm:
-        raise RiaInputError("--layerwise atp/owl needs --sparsity-type unstructured")
-    if args.beta is not None and args.layerwise != "atp":
-        raise RiaInputError("--beta is only used with --layerwise atp")
+    if args.percdamp is not None and not (0 < args.percdamp < 1):
+        raise RiaInputError(f"--percdamp must be in (0, 1), got {args.percdamp}")
     for flag, path in (("--calib-text", args.calib_text), ("--eval-text", args.eval_text)):
         if path is not None and not Path(path).is_file():
             raise RiaInputError(f"{flag}: text file not found: {path}")
-    if args.calib_text and args.calib_dataset:
-        raise RiaInputError("pass only one of --calib-text and --calib-dataset")
-    if args.eval_text and args.eval_dataset:
-        raise RiaInputError("pass only one of --eval-text and --eval-dataset")
-    if args.eval_zero_shot:
-        from .zero_shot import require_lm_eval
-        require_lm_eval()  # before minutes of pruning, not after
+    _resolve_device(args.device)
+    if args.model is not None:
+        m = Path(args.model).expanduser()
+        if m.exists() and not m.is_dir():
+            raise RiaInputError(f"--model {args.model}: is a file; give the model's directory")
+        if not m.exists() and _looks_like_path(args.model):
+            raise RiaInputError(f"--model {args.model}: local model directory not found")
+        if m.is_dir() and not (m / "config.json").is_file():
+            raise RiaInputError(f"--model {args.model}: no config.json in this directory (not a HF model checkpoint)")
+    source = args.model if args.model is not None and Path(args.model).expanduser().exists() else None
+    if args.save:
+        validate_output_path(args.save, kind="dir", flag="--save", source=source, overwrite=args.overwrite,
+                             markers=(RUN_MARKER, "config.json"))
+    if args.save_sparse:
+        if str(spec) != "2:4":
+            raise RiaInputError(f"--save-sparse needs --sparsity-type 2:4 (the compressed format is 2:4), got {spec}")
+        validate_output_path(args.save_sparse, kind="dir", flag="--save-sparse", source=source,
+                             overwrite=args.overwrite, markers=("ria_sparse.json",))
+    if args.json:
+        validate_output_path(args.json, kind="file", flag="--json", source=source, overwrite=args.overwrite)
     return spec
 
 
-def _load(args):
-    import torch
-    device = _resolve_device(args.device)
-    on_gpu = device == "map" or device.startswith("cuda")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-             "auto": torch.float16 if on_gpu else torch.float32}[args.dtype]
-    if args.model is None:
-        from .embedded import load_embedded
-        if device == "map":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tok = load_embedded(dtype=dtype, device=device)
-        return model, tok, device
+# ------------------------------------------------------------------ loading ---
+def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    import socket
+    from urllib.parse import urlparse
+    try:
+        from huggingface_hub import constants
+        endpoint = constants.ENDPOINT
+    except Exception:  # noqa: BLE001 - no hub client: report it as unreachable
+        return False, "huggingface_hub is not installed"
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True, ""
+    except OSError as exc:
+        return False, f"{url.hostname}: {exc.strerror or exc}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _load_hf(args, device: str, dtype):
+    """(model, tokenizer, source_dtype) of a local directory or hub id, each failure one line."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from .models import check_config
+    name = args.model
+    local = Path(name).expanduser().is_dir()
+    src = str(Path(name).expanduser()) if local else name
+    kwargs: dict = {}
+    if local:
+        kwargs["local_files_only"] = True
+    else:
+        try:  # the cache first: no network needed for a model downloaded before
+            AutoConfig.from_pretrained(name, local_files_only=True)
+            kwargs["local_files_only"] = True
+        except Exception:  # noqa: BLE001 - not cached: the hub is asked below
+            ok, why = _hub_reachable()
+            if not ok:
+                raise RiaInputError(f"--model {name}: no local directory of that name, not in the Hugging Face "
+                                    f"cache, and the hub is unreachable ({why})") from None
     try:
-        config = AutoConfig.from_pretrained(args.model)
-    except Exception as exc:
-        raise RiaInputError(f"cannot load the model config of {args.model!r}: {exc}".splitlines()[0]) from None
+        config = AutoConfig.from_pretrained(src, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line
+        raise RiaInputError(f"cannot load the model config of {name!r}: {_first_line(exc)}") from None
     check_config(config)  # the family is checked before any weights are read
-    kwargs = {"dtype": dtype}
+    source_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise RiaInputError(f"cannot load the tokenizer of {name!r} (a model directory needs its tokenizer files): "
+                            f"{_first_line(exc)}") from None
+    if tok is None or isinstance(tok, bool):
+        raise RiaInputError(f"cannot load the tokenizer of {name!r}: no tokenizer files")
+    mkw = dict(kwargs, dtype=dtype)
     if device == "map":
         try:
             import accelerate  # noqa: F401
         except ImportError:
             raise RiaInputError("--device map needs the `accelerate` package: pip install accelerate") from None
-        kwargs["device_map"] = "auto"
+        mkw["device_map"] = "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
-        tok = AutoTokenizer.from_pretrained(args.model)
-    except (OSError, ValueError) as exc:
-        raise RiaInputError(f"cannot load {args.model!r}: {exc}".splitlines()[0]) from None
+        model = AutoModelForCausalLM.from_pretrained(src, **mkw)
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt checkpoints, missing shards
+        raise RiaInputError(f"cannot load the model weights of {name!r}: {_first_line(exc)}") from None
     if device != "map":
         model.to(device)
-    return model, tok, device
+    return model, tok, source_dtype
 
 
-def _calibration(args, tok, nsamples, seqlen, default_path):
+def _dtype_name(dtype) -> str | None:
+    if dtype is None:
+        return None
+    return str(dtype).replace("torch.", "")
+
+
+def _load(args):
+    import torch
+    device = _resolve_device(args.device)
+    on_gpu = device.startswith("cuda") or (device == "map" and torch.cuda.is_available())
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+             "auto": torch.float16 if on_gpu else torch.float32}[args.dtype]
+    if args.model is None:
+        from .embedded import EMBEDDED_DIR, load_embedded
+        if device == "map":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, tok = load_embedded(dtype=dtype, device=device)
+        source_dtype = json.loads((EMBEDDED_DIR / "config.json").read_text()).get("dtype") or \
+            json.loads((EMBEDDED_DIR / "config.json").read_text()).get("torch_dtype")
+        return model, tok, device, source_dtype
+    model, tok, source_dtype = _load_hf(args, device, dtype)
+    return model, tok, device, source_dtype
+
+
+def _set_threads(args, model) -> str:
+    """Choose torch's CPU thread count; returns how it was chosen (recorded in the report)."""
+    import torch
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        return "--threads"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return "OMP_NUM_THREADS"
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
+    if on_cpu and n_params < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
+        return f"auto: 1 thread for a {n_params / 1e6:.1f}M-parameter model on the CPU"
+    return "torch default"
+
+
+# --------------------------------------------------------------------- data ---
+def _source(kind: str, path=None, dataset=None) -> dict:
+    import hashlib
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path is not None else None
+    return {"kind": kind, "path": str(path) if path is not None else None, "dataset": dataset, "sha256": digest}
+
+
+def _calibration(args, tok, model, nsamples, seqlen, default_path):
     from .calibration import calibration_from_dataset, calibration_from_file
     if args.calib_dataset:
-        return calibration_from_dataset(tok, args.calib_dataset, nsamples, seqlen, args.seed)
+        return (calibration_from_dataset(tok, args.calib_dataset, nsamples, seqlen, args.seed, model=model),
+                _source("dataset", dataset=args.calib_dataset))
     path = args.calib_text or default_path
     if path is None:
         raise RiaInputError("no calibration data: pass --calib-text PATH or --calib-dataset {c4,wikitext2,ptb}")
-    return calibration_from_file(tok, path, nsamples, seqlen, args.seed)
+    kind = "file" if args.calib_text else "embedded"
+    return calibration_from_file(tok, path, nsamples, seqlen, args.seed, model=model), _source(kind, path=path)
 
 
 def _eval_ids(args, tok, seqlen, default_path):
     from .evaluation import eval_tokens
     if args.eval_dataset:
-        return eval_tokens(tok, dataset=args.eval_dataset, seqlen=seqlen)
+        return eval_tokens(tok, dataset=args.eval_dataset, seqlen=seqlen), _source("dataset", dataset=args.eval_dataset)
     path = args.eval_text or default_path
     if path is None:
-        raise RiaInputError("no evaluation data: pass --eval-text PATH or --eval-dataset {wikitext2,c4,ptb}")
-    return eval_tokens(tok, path=path)
+        raise RiaInputError("no evaluation data: pass --eval-text PATH or --eval-dataset {wikitext2,c4,ptb} "
+                            "(or --no-eval)")
+    kind = "file" if args.eval_text else "embedded"
+    return eval_tokens(tok, path=path), _source(kind, path=path)
 
 
-def run(args) -> dict:
-    """Load, calibrate, (dense eval), prune, eval, (save); returns the JSON-safe result."""
-    from .evaluation import perplexity
+# ---------------------------------------------------------------------- run ---
+def _settings(args, spec, nsamples, seqlen, device, dtype) -> dict:
+    ria = args.method == "ria"
+    gptq = args.method == "sparsegpt" or args.reconstruction
+    return {"method": args.method, "sparsity_type": str(spec) if spec.is_nm else "unstructured",
+            "sparsity_ratio": spec.ratio, "n": spec.n if spec.is_nm else None, "m": spec.m if spec.is_nm else None,
+            "a": (0.5 if args.a is None else args.a) if ria else None, "per_output": args.per_output,
+            "permute": args.permute, "lsa": (args.lsa is not False) if args.permute else None,
+            "blocks": (args.blocks or 1) if args.permute else None, "reconstruction": args.reconstruction,
+            "blocksize": (args.blocksize or 128) if gptq else None,
+            "percdamp": (0.01 if args.percdamp is None else args.percdamp) if gptq else None,
+            "batch_size": args.batch_size, "offload": bool(args.offload or args.device == "map"),
+            "backend": args.backend, "layerwise": args.layerwise, "beta": args.beta,
+            "owl_lambda": (0.08 if args.owl_lambda is None else args.owl_lambda) if args.layerwise == "owl" else None,
+            "owl_m": (5.0 if args.owl_m is None else args.owl_m) if args.layerwise == "owl" else None,
+            "seed": args.seed, "nsamples": nsamples, "seqlen": seqlen, "max_eval_windows": args.max_eval_windows,
+            "eval_batch_size": None if args.no_eval else args.eval_batch_size,
+            "eval": not args.no_eval, "dense_eval": not (args.no_eval or args.no_dense_eval),
+            "sparse_inference": args.sparse_inference, "zero_shot_tasks": _zero_shot_tasks(args),
+            "save": args.save, "save_dtype": (args.save_dtype or "source") if args.save else None,
+            "save_sparse": args.save_sparse,
+            "json": args.json, "overwrite": args.overwrite, "threads": args.threads, "device": device, "dtype": dtype}
+
+
+def _zero_shot_tasks(args) -> list[str]:
+    if not args.eval_zero_shot:
+        return []
+    from .zero_shot import DEFAULT_TASKS
+    if args.eval_zero_shot == "default":
+        return list(DEFAULT_TASKS)
+    return [t.strip() for t in args.eval_zero_shot.split(",") if t.strip()]
+
+
+def _ppl_entry(res, seconds: float) -> dict:
+    return {"ppl": res.ppl, "windows": res.windows, "tokens": res.tokens, "predicted_tokens": res.predicted_tokens,
+            "time_s": seconds}
+
+
+def _save(args, model, tok, source_dtype, report, result) -> None:
+    """The pruned checkpoint, its tokenizer, permutations and run report, written atomically."""
+    import torch
+
+    from ._io import atomic_output_dir, atomic_write_text
+    from .pruning import _json_safe
+    work_dtype = next(model.parameters()).dtype
+    name = args.save_dtype or "source"
+    if name == "source":
+        name = _dtype_name(source_dtype)
+        if name not in ("float32", "float16", "bfloat16"):
+            _warn(f"the source checkpoint records no usable dtype ({name!r}); saving in {_dtype_name(work_dtype)}")
+            name = _dtype_name(work_dtype)
+    save_dtype = getattr(torch, name)
+    state_dict = None
+    if save_dtype != work_dtype:  # keep the source's size on disk; the in-memory model stays as it is
+        state_dict = {k: (v.to(save_dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    with atomic_output_dir(args.save, overwrite=args.overwrite) as tmp:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        if state_dict is not None:  # save_pretrained records the in-memory dtype; the files hold save_dtype
+            config_path = Path(tmp) / "config.json"
+            config = json.loads(config_path.read_text())
+            config["dtype"] = _dtype_name(save_dtype)
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tok.save_pretrained(tmp)
+        if report.permutations:  # so the saved model can be run permuted later (load_prune_report)
+            report.save_permutations(tmp)
+        result["outputs"]["save"] = str(args.save)
+        result["settings"]["save_dtype"] = _dtype_name(save_dtype)
+        atomic_write_text(Path(tmp) / RUN_MARKER, json.dumps(_json_safe(result), indent=1))
+
+
+def _sparse_inference_summary(model, n_linears: int, device: str) -> dict:
+    """What ``to_sparse_inference`` + the evaluation actually ran: SparseLinear modules, their memory
+    mode and the backend each used (per token bucket it saw), and whether a sparse kernel ran."""
+    from .sparse_linear import SparseLinear
+    used: dict[str, int] = {}
+    modes: dict[str, int] = {}
+    converted = 0
+    for inner in model.modules():  # a runtime-gathered o_proj's SparseLinear is a submodule too
+        if not isinstance(inner, SparseLinear):
+            continue
+        converted += 1
+        modes[inner.memory] = modes.get(inner.memory, 0) + 1
+        ran = sorted({b for b, _cfg in inner._memo.values()}) or [inner.backend]
+        for b in ran:
+            used[b] = used.get(b, 0) + 1
+    on_gpu = str(device).startswith("cuda")
+    ran_sparse = on_gpu and any(b != "dense" for b in used)
+    if converted == 0:
+        note = "nothing ran sparse: no linear was converted (none is 2:4)"
+    elif not on_gpu:
+        note = (f"nothing ran sparse: {converted} linears hold compressed 2:4 weights, but on {device} the compact "
+                "format runs its torch reference (decompress, then a dense matmul); the 2:4 kernels need CUDA")
+    elif not ran_sparse:
+        note = f"nothing ran sparse: all {converted} SparseLinear modules ran dense"
+    else:
+        note = ", ".join(f"{k} x{v}" for k, v in sorted(used.items()))
+    return {"linears": n_linears, "converted": converted, "memory_modes": modes, "backends_used": used,
+            "ran_sparse": ran_sparse, "note": note}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run(args, argv: list[str] | None = None) -> dict:
+    """Check, load, calibrate, (dense eval), prune, (eval), (save), (sparse inference), (JSON);
+    returns the run report (schema: docs/report_schema.md)."""
+    from ._io import atomic_write_text
+    from .evaluation import evaluate_perplexity
     from .models import get_adapter
-    from .pruning import prune_model
+    from .pruning import _json_safe, check_blocks, prune_model
+    from .run_report import SCHEMA_VERSION, machine, versions
 
+    t_total = time.perf_counter()
+    started = _now()
     spec = _check_args(args)  # fail before loading anything
-    if args.save_sparse and str(spec) != "2:4":  # --save-sparse (issue #11)
-        raise RiaInputError(f"--save-sparse needs --sparsity-type 2:4, got {spec}")
     sparsity = str(spec) if spec.is_nm else spec.ratio
     embedded = args.model is None
     nsamples = args.nsamples or (32 if embedded else 128)
-    t_load = time.perf_counter()
-    model, tok, device = _load(args)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    model, tok, device, source_dtype = _load(args)
+    timings["load"] = time.perf_counter() - t
     model.eval()
+    threads_source = _set_threads(args, model)
     adapter = get_adapter(model)
-    max_pos = getattr(model.config, "max_position_embeddings", 2048) or 2048
-    seqlen = args.seqlen or (128 if embedded else min(2048, max_pos))
+    from .calibration import check_seqlen, model_max_positions
+    max_pos = model_max_positions(model)
+    seqlen = args.seqlen or (128 if embedded else min(2048, max_pos or 2048))
+    check_seqlen(seqlen, max_pos, "--seqlen")
+    check_blocks(adapter, spec, args.blocks or 1, "--blocks")
+    n_layers = adapter.num_layers
+    layer_sparsities = None
+    layerwise_info = None
+    if args.layerwise == "atp" and args.beta is not None:
+        from . import layerwise
+        layer_sparsities = layerwise.atp_sparsities(n_layers, spec.ratio, args.beta)  # checks beta before work
     calib_default = eval_default = None
     if embedded:
         from .embedded import embedded_text_path
         calib_default, eval_default = embedded_text_path("calib"), embedded_text_path("eval")
-    calibration = _calibration(args, tok, nsamples, seqlen, calib_default)
-    eval_ids = _eval_ids(args, tok, seqlen, eval_default)
+    t = time.perf_counter()
+    calibration, calib_source = _calibration(args, tok, model, nsamples, seqlen, calib_default)
+    eval_ids = eval_source = None
+    if not args.no_eval:
+        eval_ids, eval_source = _eval_ids(args, tok, seqlen, eval_default)
+    timings["data"] = time.perf_counter() - t
     progress = not args.quiet
-    result = {"model": args.model or "embedded", "family": adapter.family, "device": str(device),
-              "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "method": args.method,
-              "sparsity": str(spec), "a": args.a, "nsamples": nsamples, "seqlen": seqlen,
-              "eval_tokens": int(eval_ids.numel()), "load_s": time.perf_counter() - t_load}
-    ev = dict(max_windows=args.max_eval_windows, progress=progress)
-    if not args.no_dense_eval:
-        t = time.perf_counter()
-        result["dense_ppl"] = perplexity(model, eval_ids, seqlen, **ev)
-        result["dense_eval_s"] = time.perf_counter() - t
-    prune_kwargs = dict(a=args.a, per_output=args.per_output, reconstruction=args.reconstruction,
-                        permute=args.permute, lsa=args.lsa, blocks=args.blocks, blocksize=args.blocksize,
-                        percdamp=args.percdamp, batch_size=args.batch_size,
-                        offload=args.offload or device == "map", backend=args.backend)
-    layer_sparsities = None
+    dtype = _dtype_name(next(model.parameters()).dtype)
+    result: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "ria-prune", "argv": list(sys.argv[1:] if argv is None else argv), "started_at": started,
+                 "finished_at": ""},
+        "versions": versions(), "machine": machine(str(device), threads_source),
+        "model": {"source": args.model or "embedded", "family": adapter.family, "num_layers": n_layers,
+                  "parameters": sum(p.numel() for p in model.parameters()), "source_dtype": _dtype_name(source_dtype),
+                  "dtype": dtype, "max_position_embeddings": max_pos},
+        "settings": _settings(args, spec, nsamples, seqlen, str(device), dtype),
+        "calibration": {"source": calib_source, "nsamples": int(calibration.shape[0]),
+                        "seqlen": int(calibration.shape[1]), "tokens": int(calibration.numel()), "seed": args.seed},
+        "evaluation": None, "backends": {}, "layerwise": None, "pruning": {}, "sparse_inference": None,
+        "zero_shot": None, "outputs": {"save": None, "save_sparse": None, "json": None}, "timings_s": timings,
+    }
+    small = result["model"]["parameters"] < SMALL_MODEL_PARAMS
+    eval_batch = args.eval_batch_size or (16 if small else 1)  # small models: per-forward overhead dominates
+    if not args.no_eval:
+        result["settings"]["eval_batch_size"] = eval_batch
+    ev = dict(max_windows=args.max_eval_windows, progress=progress, batch_size=eval_batch)
+    if eval_ids is not None:
+        result["evaluation"] = {"source": eval_source, "seqlen": seqlen, "available_tokens": int(eval_ids.numel()),
+                                "max_eval_windows": args.max_eval_windows, "windows": 0, "tokens": 0}
+        if not args.no_dense_eval:
+            t = time.perf_counter()
+            res = evaluate_perplexity(model, eval_ids, seqlen, desc="dense perplexity", **ev)
+            timings["dense_eval"] = time.perf_counter() - t
+            result["evaluation"]["dense"] = _ppl_entry(res, timings["dense_eval"])
+    prune_kwargs = dict(a=0.5 if args.a is None else args.a, per_output=args.per_output,
+                        reconstruction=args.reconstruction, permute=args.permute, lsa=args.lsa is not False,
+                        blocks=args.blocks or 1, blocksize=args.blocksize or 128,
+                        percdamp=0.01 if args.percdamp is None else args.percdamp, batch_size=args.batch_size,
+                        offload=args.offload or args.device == "map", backend=args.backend)
     if args.layerwise != "uniform":
         from . import layerwise
-        n_layers = adapter.num_layers
         t = time.perf_counter()
+        layerwise_info = {"kind": args.layerwise, "beta": None, "beta_searched": False, "search": None,
+                          "owl_outlier_ratios": None}
         if args.layerwise == "atp":
             beta = args.beta
             if beta is None:
                 beta, table = layerwise.search_atp_beta(model, calibration, method=args.method, sparsity=spec.ratio,
-                                                        **prune_kwargs)
-                result["atp_search"] = table
-            result["beta"] = beta
-            layer_sparsities = layerwise.atp_sparsities(n_layers, spec.ratio, beta)
+                                                        progress=progress, **prune_kwargs)
+                layerwise_info.update(search=table, beta_searched=True)
+                layer_sparsities = layerwise.atp_sparsities(n_layers, spec.ratio, beta)
+            layerwise_info["beta"] = beta
         else:
-            ratios = layerwise.owl_outlier_ratios(model, calibration, m=args.owl_m)
-            result["owl_outlier_ratios"] = ratios
-            layer_sparsities = layerwise.owl_sparsities(ratios, spec.ratio, args.owl_lambda)
-        result["layerwise_s"] = time.perf_counter() - t
-        result["layer_sparsities"] = [float(x) for x in layer_sparsities]
+            ratios = layerwise.owl_outlier_ratios(model, calibration, m=result["settings"]["owl_m"])
+            layerwise_info["owl_outlier_ratios"] = ratios
+            layer_sparsities = layerwise.owl_sparsities(ratios, spec.ratio, result["settings"]["owl_lambda"])
+        timings["layerwise"] = time.perf_counter() - t
+        layerwise_info["time_s"] = timings["layerwise"]
+        layerwise_info["layer_sparsities"] = [float(x) for x in layer_sparsities]
+        result["layerwise"] = layerwise_info
     report = prune_model(model, calibration, method=args.method, sparsity=sparsity,
                          layer_sparsities=layer_sparsities, progress=progress, **prune_kwargs)
-    result["report"] = report.to_dict()
-    result["actual_sparsity"] = report.actual_sparsity
-    result["prune_time_s"] = report.total_time_s
-    result["backend"] = report.backend
-    t = time.perf_counter()
-    result["pruned_ppl"] = perplexity(model, eval_ids, seqlen, **ev)
-    result["pruned_eval_s"] = time.perf_counter() - t
+    timings["prune"] = report.total_time_s
+    result["pruning"] = report.to_dict()
+    solvers = sorted({s.get("lsa_solver") for s in report.permutation_stats.values() if s.get("lsa_solver")})
+    result["backends"] = {"score": report.backend.get("score"), "mask": report.backend.get("mask"),
+                          "sparsegpt": report.backend.get("sparsegpt"), "device": report.backend.get("device", ""),
+                          "lsa_solver": ",".join(solvers) if solvers else None}
+    if eval_ids is not None:
+        t = time.perf_counter()
+        res = evaluate_perplexity(model, eval_ids, seqlen, desc="pruned perplexity", **ev)
+        timings["pruned_eval"] = time.perf_counter() - t
+        result["evaluation"].update(windows=res.windows, tokens=res.tokens)
+        result["evaluation"]["pruned"] = _ppl_entry(res, timings["pruned_eval"])
     if args.eval_zero_shot:
-        from .zero_shot import DEFAULT_TASKS, evaluate_zero_shot
-        tasks = DEFAULT_TASKS if args.eval_zero_shot == "default" else \
-            tuple(t.strip() for t in args.eval_zero_shot.split(",") if t.strip())
-        result["zero_shot"] = evaluate_zero_shot(model, tok, tasks)
+        from .zero_shot import evaluate_zero_shot
+        t = time.perf_counter()
+        result["zero_shot"] = evaluate_zero_shot(model, tok, tuple(_zero_shot_tasks(args)))
+        timings["zero_shot"] = time.perf_counter() - t
     if args.save:
-        Path(args.save).mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(args.save)
-        tok.save_pretrained(args.save)
-        if report.permutations:  # so the saved model can be run permuted later (load_prune_report)
-            report.save_permutations(args.save)
-        result["saved_to"] = str(args.save)
+        t = time.perf_counter()
+        _save(args, model, tok, source_dtype, report, result)
+        timings["save"] = time.perf_counter() - t
     if args.sparse_inference:
         from .inference import to_sparse_inference
         t = time.perf_counter()
         to_sparse_inference(model, report)  # in place, after --save (SparseLinear is not a HF module)
-        result["sparse_inference_convert_s"] = time.perf_counter() - t
+        timings["sparse_inference_convert"] = time.perf_counter() - t
         t = time.perf_counter()
-        result["sparse_inference_ppl"] = perplexity(model, eval_ids, seqlen, **ev)
-        result["sparse_inference_eval_s"] = time.perf_counter() - t
-    if args.save_sparse:  # --save-sparse (issue #11): after the dense --save, converts in place if not done yet
+        res = evaluate_perplexity(model, eval_ids, seqlen, desc="sparse-inference perplexity", **ev)
+        timings["sparse_inference_eval"] = time.perf_counter() - t
+        result["evaluation"]["sparse_inference"] = _ppl_entry(res, timings["sparse_inference_eval"])
+        summary = _sparse_inference_summary(model, sum(len(la.linears) for la in report.layers), str(device))
+        summary["convert_s"] = timings["sparse_inference_convert"]
+        result["sparse_inference"] = summary
+        result["backends"]["sparse_linear"] = summary["backends_used"]
+    if args.save_sparse:  # after the dense --save; converts in place unless --sparse-inference already did
         from .inference import to_sparse_inference
         from .sparse_checkpoint import save_sparse
+        t = time.perf_counter()
         if not args.sparse_inference:
             to_sparse_inference(model, report)
-        result["saved_sparse_to"] = str(save_sparse(model, args.save_sparse, report=report, tokenizer=tok,
-                                                    overwrite=True))
+        save_sparse(model, args.save_sparse, report=report, tokenizer=tok, overwrite=args.overwrite)
+        timings["save_sparse"] = time.perf_counter() - t
+        result["outputs"]["save_sparse"] = str(args.save_sparse)
+    timings["total"] = time.perf_counter() - t_total
+    result["tool"]["finished_at"] = _now()
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
-        result["json"] = str(args.json)
-    return result
+        result["outputs"]["json"] = str(args.json)
+        atomic_write_text(args.json, json.dumps(_json_safe(result), indent=1))
+    return _json_safe(result)
+
+
+def _fmt_ppl(entry: dict | None) -> str:
+    if not entry:
+        return "-"
+    return f"{entry['ppl']:.3f}" if entry.get("ppl") is not None else "inf"
 
 
 def _summary(r: dict) -> str:
-    lines = [f"ria-prune: {r['model']} ({r['family']}) on {r['device']} ({r['dtype']}): "
-             f"method {r['method']}, sparsity {r['sparsity']}",
-             f"  calibration: {r['nsamples']} x {r['seqlen']} tokens; evaluation: {r['eval_tokens']} tokens"]
-    if "dense_ppl" in r:
-        lines.append(f"  dense  perplexity: {r['dense_ppl']:.3f}")
-    lines.append(f"  pruned perplexity: {r['pruned_ppl']:.3f}   (actual sparsity {r['actual_sparsity']:.4f})")
-    if "sparse_inference_ppl" in r:
-        lines.append(f"  sparse-inference perplexity: {r['sparse_inference_ppl']:.3f}   (to_sparse_inference model)")
-    if "layer_sparsities" in r:
-        lines.append("  layer sparsities: " + ", ".join(f"{s:.3f}" for s in r["layer_sparsities"]))
-    b = r.get("backend", {})
-    lines.append(f"  pruning time: {r['prune_time_s']:.2f} s   backend: "
-                 + ", ".join(f"{k}={v}" for k, v in b.items()))
-    if "zero_shot" in r:
+    s, m = r["settings"], r["model"]
+    lines = [f"ria-prune: {m['source']} ({m['family']}) on {r['machine']['device']} ({m['dtype']}): "
+             f"method {s['method']}, sparsity {s['sparsity_type'] if s['n'] else s['sparsity_ratio']}"]
+    ev = r.get("evaluation")
+    cal = r["calibration"]
+    if ev:
+        cap = f", capped by --max-eval-windows {ev['max_eval_windows']}" if ev["max_eval_windows"] else ""
+        evaluated = (f"{ev['windows']} windows x {ev['seqlen']} = {ev['tokens']} of {ev['available_tokens']} tokens"
+                     f"{cap}")
+    else:
+        evaluated = "skipped (--no-eval)"
+    lines.append(f"  calibration: {cal['nsamples']} x {cal['seqlen']} tokens (seed {cal['seed']}); "
+                 f"evaluation: {evaluated}")
+    p = r["pruning"]
+    if ev and ev.get("dense"):
+        lines.append(f"  dense  perplexity: {_fmt_ppl(ev['dense'])}")
+    if ev:
+        lines.append(f"  pruned perplexity: {_fmt_ppl(ev['pruned'])}   (actual sparsity {p['actual_sparsity']:.4f})")
+    else:
+        lines.append(f"  pruned (actual sparsity {p['actual_sparsity']:.4f})")
+    si = r.get("sparse_inference")
+    if si:
+        if si["ran_sparse"]:
+            lines.append(f"  sparse-inference perplexity: {_fmt_ppl(ev.get('sparse_inference'))}   "
+                         f"({si['converted']} of {si['linears']} linears converted to SparseLinear; ran: {si['note']})")
+        else:
+            lines.append(f"  sparse inference: {si['converted']} of {si['linears']} linears converted; {si['note']}; "
+                         f"the converted model's perplexity {_fmt_ppl(ev.get('sparse_inference'))} is a dense run")
+    lw = r.get("layerwise")
+    if lw:
+        if lw["kind"] == "atp":
+            how = f"searched over {len(lw['search'])} values" if lw["beta_searched"] else "given"
+            lines.append(f"  ATP beta {lw['beta']:.4g} ({how}, {lw['time_s']:.2f} s)")
+        else:
+            lines.append(f"  OWL outlier pass: {lw['time_s']:.2f} s")
+        lines.append("  layer sparsities: " + ", ".join(f"{x:.3f}" for x in lw["layer_sparsities"]))
+    b = {k: v for k, v in r["backends"].items() if v and k != "sparse_linear"}
+    lines.append(f"  pruning time: {p['total_time_s']:.2f} s   backend: " + ", ".join(f"{k}={v}" for k, v in b.items())
+                 + f"   threads: {r['machine']['torch_threads']}")
+    if r.get("zero_shot"):
         lines.append("  zero-shot: " + json.dumps(r["zero_shot"]))
-    if r.get("saved_to"):
-        lines.append(f"  saved to {r['saved_to']}")
-    if r.get("saved_sparse_to"):  # --save-sparse (issue #11)
-        lines.append(f"  compressed 2:4 checkpoint: {r['saved_sparse_to']}")
-    if r.get("json"):
-        lines.append(f"  JSON report: {r['json']}")
+    lines.append(f"  total time: {r['timings_s']['total']:.1f} s")
+    if r["outputs"].get("save"):
+        lines.append(f"  saved to {r['outputs']['save']} ({r['settings']['save_dtype']})")
+    if r["outputs"].get("save_sparse"):
+        lines.append(f"  compressed 2:4 checkpoint: {r['outputs']['save_sparse']}")
+    if r["outputs"].get("json"):
+        lines.append(f"  JSON report: {r['outputs']['json']}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ria-prune``; returns the exit status (0 ok, 2 bad input)."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
-    if args.quiet:
-        try:
-            from transformers.utils import logging as hf_logging
-            hf_logging.disable_progress_bar()
-        except Exception:
-            pass
+    """Entry point of ``ria-prune``; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    from ._logging import enable_cli_logging
     try:
-        result = run(args)
+        args = build_parser().parse_args(argv)
+        enable_cli_logging(verbose=args.verbose)
+        if args.quiet:
+            try:
+                from transformers.utils import logging as hf_logging
+                hf_logging.disable_progress_bar()
+            except ImportError:
+                pass
+        result = run(args, argv)
+        print(_summary(result))
+        return 0
+    except KeyboardInterrupt:
+        print("ria-prune: interrupted", file=sys.stderr)
+        return 130
     except (RiaInputError, BackendUnavailableError, FileNotFoundError, ImportError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"ria-prune: error: {msg}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"ria-prune: error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-              file=sys.stderr)
+        print(f"ria-prune: error: {_first_line(exc)}", file=sys.stderr)
         return 2
-    print(_summary(result))
-    return 0
 
 
 if __name__ == "__main__":

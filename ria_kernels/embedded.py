@@ -158,6 +158,14 @@ def load_embedded(dtype: torch.dtype = torch.float32, device: str | torch.device
     """``(model, tokenizer)`` of the embedded default model, loaded offline."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise RiaInputError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise RiaInputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise RiaInputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RiaInputError(f"device {device!r}: no CUDA device is available")
     if not (EMBEDDED_DIR / "config.json").is_file() or not (EMBEDDED_DIR / "model.safetensors").is_file():
         raise RiaInputError(f"embedded model missing at {EMBEDDED_DIR}; reinstall ria-kernels "
                             "or run scripts/train_embedded.py")

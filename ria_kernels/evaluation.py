@@ -9,6 +9,7 @@ wikitext2 / c4 / ptb through ``datasets`` (imported lazily).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._errors import RiaInputError
-from .calibration import DATASETS, load_dataset_text, read_text, tokenize_text
+from .calibration import DATASETS, check_seqlen, load_dataset_text, model_max_positions, read_text, tokenize_text
 from .models.base import module_device
 
 
@@ -40,12 +41,36 @@ def eval_tokens(tokenizer, *, text: str | None = None, path: str | Path | None =
     return ids
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class PerplexityResult:
+    """A perplexity and exactly what it was computed on: ``windows`` windows of ``seqlen``
+    tokens (``tokens = windows * seqlen``; ``predicted_tokens = windows * (seqlen - 1)``)
+    out of ``available_tokens``; ``max_windows`` is the cap that was applied (or None)."""
+
+    ppl: float
+    windows: int
+    seqlen: int
+    tokens: int
+    predicted_tokens: int
+    available_tokens: int
+    max_windows: int | None
+
+
 def perplexity(model: nn.Module, token_ids_or_text: torch.Tensor | str, seqlen: int, *,
                tokenizer=None, batch_size: int = 1, max_windows: int | None = None,
                progress: bool = False) -> float:
     """Perplexity of ``model`` on 1-D (or [1, N]) token ids, or on a string with
-    ``tokenizer``, in non-overlapping windows of ``seqlen`` tokens."""
+    ``tokenizer``, in non-overlapping windows of ``seqlen`` tokens (at most
+    ``max_windows``). :func:`evaluate_perplexity` also says how many tokens were used."""
+    return evaluate_perplexity(model, token_ids_or_text, seqlen, tokenizer=tokenizer, batch_size=batch_size,
+                               max_windows=max_windows, progress=progress).ppl
+
+
+@torch.no_grad()
+def evaluate_perplexity(model: nn.Module, token_ids_or_text: torch.Tensor | str, seqlen: int, *,
+                        tokenizer=None, batch_size: int = 1, max_windows: int | None = None,
+                        progress: bool = False, desc: str = "perplexity") -> PerplexityResult:
+    """:func:`perplexity` with the token counts it actually used."""
     if isinstance(token_ids_or_text, str):
         if tokenizer is None:
             raise RiaInputError("perplexity on a string needs tokenizer=")
@@ -60,9 +85,10 @@ def perplexity(model: nn.Module, token_ids_or_text: torch.Tensor | str, seqlen: 
         raise RiaInputError(f"seqlen must be an integer >= 2, got {seqlen!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise RiaInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if max_pos is not None and seqlen > max_pos:
-        raise RiaInputError(f"seqlen={seqlen} exceeds the model's max_position_embeddings={max_pos}")
+    check_seqlen(seqlen, model_max_positions(model))
+    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
+                                    or max_windows < 1):
+        raise RiaInputError(f"max_windows must be an integer >= 1 or None, got {max_windows!r}")
     nwin = ids.numel() // seqlen
     if max_windows is not None:
         nwin = min(nwin, max_windows)
@@ -79,7 +105,7 @@ def perplexity(model: nn.Module, token_ids_or_text: torch.Tensor | str, seqlen: 
     rng = range(0, nwin, batch_size)
     if progress:
         from tqdm.auto import tqdm
-        rng = tqdm(rng, desc="perplexity", unit="batch")
+        rng = tqdm(rng, desc=desc, unit="batch")
     try:
         for s in rng:
             batch = windows[s:s + batch_size].to(device)
@@ -91,4 +117,7 @@ def perplexity(model: nn.Module, token_ids_or_text: torch.Tensor | str, seqlen: 
             count += target.numel()
     finally:
         model.train(was_training)
-    return math.exp(nll_sum / count)
+    mean_nll = nll_sum / count
+    ppl = math.exp(mean_nll) if mean_nll < 709.0 else math.inf  # exp overflows float64 past ~709.78
+    return PerplexityResult(ppl=ppl, windows=nwin, seqlen=seqlen, tokens=nwin * seqlen,
+                            predicted_tokens=count, available_tokens=int(ids.numel()), max_windows=max_windows)

@@ -8,6 +8,7 @@ in [s - lambda, s + lambda] with mean s.
 from __future__ import annotations
 
 import copy
+import time
 from typing import Sequence
 
 import torch
@@ -83,7 +84,8 @@ def search_atp_beta(model, calibration: torch.Tensor, *, method: str, sparsity: 
                     betas: Sequence[float] | None = None, score_fraction: float = 0.25, progress: bool = False,
                     **prune_kwargs) -> tuple[float, list[dict]]:
     """Try a short grid of beta, each on a deep copy of ``model``, and keep the one with the
-    lowest perplexity on held-out CALIBRATION windows.
+    lowest perplexity on held-out CALIBRATION windows. Returns ``(beta, table)``, one row
+    ``{"beta", "calib_ppl", "time_s"}`` per value tried. ``progress``: one bar over the grid.
 
     The evaluation set is never used: the ATP repository's own search script scores
     beta on the WikiText test split, which leaks the evaluation data into tuning.
@@ -101,12 +103,24 @@ def search_atp_beta(model, calibration: torch.Tensor, *, method: str, sparsity: 
     if betas is None:
         betas = [bound * f for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
     table = []
-    for beta in betas:
-        trial = copy.deepcopy(model)
-        prune_model(trial, prune_part, method=method, sparsity=sparsity,
-                    layer_sparsities=atp_sparsities(num_layers, sparsity, beta), progress=progress, **prune_kwargs)
-        ppl = perplexity(trial, score_part.reshape(-1), score_part.shape[1])
-        table.append({"beta": beta, "calib_ppl": ppl})
-        del trial
+    bar = None
+    if progress:  # each beta is a whole prune + score pass: the user should see it move
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(betas), desc=f"ATP beta search ({len(betas)} values)", unit="beta")
+    try:
+        for beta in betas:
+            t0 = time.perf_counter()
+            trial = copy.deepcopy(model)
+            prune_model(trial, prune_part, method=method, sparsity=sparsity,
+                        layer_sparsities=atp_sparsities(num_layers, sparsity, beta), progress=False, **prune_kwargs)
+            ppl = perplexity(trial, score_part.reshape(-1), score_part.shape[1])
+            table.append({"beta": float(beta), "calib_ppl": ppl, "time_s": time.perf_counter() - t0})
+            del trial
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(beta=f"{beta:.4g}", calib_ppl=f"{ppl:.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
     best = min(table, key=lambda row: row["calib_ppl"])
     return best["beta"], table

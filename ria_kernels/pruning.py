@@ -27,7 +27,7 @@ from ._backend import BACKENDS, resolve_backend
 from ._errors import RiaInputError
 from ._logging import logger
 from ._validation import SparsitySpec, check_ratio, parse_sparsity
-from .calibration import LinearStats, check_calibration, collect_stats
+from .calibration import LinearStats, check_calibration, check_seqlen, collect_stats, model_max_positions
 from .models import ModelAdapter, get_adapter, materialized, module_device
 from .ops.nm_mask import nm_mask, unstructured_mask
 from .ops.ria_score import METHODS as SCORE_METHODS
@@ -109,9 +109,16 @@ class PruneReport:
         return 1.0 - self.kept / self.total if self.total else 0.0
 
     def to_dict(self) -> dict:
-        """JSON-safe summary (permutations are listed by name; the tensors stay in the object)."""
+        """JSON-safe summary, numbers as numbers (permutations are listed by name; the tensors
+        stay in the object). ``sparsity_type``: ``"unstructured"`` or the N:M pattern such as
+        ``"2:4"``; ``sparsity_ratio``: the target pruned fraction. Field list: docs/report_schema.md."""
+        try:
+            spec = parse_sparsity(self.sparsity)
+        except RiaInputError:  # e.g. a report loaded from an older permutations file
+            spec = None
         return _json_safe({
-            "method": self.method, "sparsity": self.sparsity, "a": self.a, "per_output": self.per_output,
+            "method": self.method, "sparsity_type": (str(spec) if spec.is_nm else "unstructured") if spec else None,
+            "sparsity_ratio": spec.ratio if spec else None, "a": self.a, "per_output": self.per_output,
             "family": self.family, "nsamples": self.nsamples, "seqlen": self.seqlen,
             "reconstruction": self.reconstruction, "permute": self.permute,
             "layer_sparsities": self.layer_sparsities, "backend": self.backend,
@@ -162,7 +169,7 @@ def _json_safe(obj):
     if isinstance(obj, torch.Tensor):
         return obj.item() if obj.numel() == 1 else obj.tolist()
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else str(obj)
+        return obj if math.isfinite(obj) else None  # JSON has no inf/nan; docs/report_schema.md: null
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     if hasattr(obj, "item"):  # numpy scalars
@@ -175,12 +182,32 @@ def _check_int(value, name: str, minimum: int = 1) -> None:
         raise RiaInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def max_permutation_blocks(adapter: ModelAdapter, spec: SparsitySpec) -> int:
+    """Largest useful ``blocks`` (LSA communities) for channel permutation on this model:
+    every community must hold at least two M-channel blocks of the narrowest permuted input,
+    or the LSA step has nothing to exchange (the result would equal ``lsa=False``)."""
+    widths = [lin.in_features for name, lin in adapter.linears(adapter.layers()[0]).items()]
+    return max(1, min(widths) // spec.m // 2) if spec.is_nm and widths else 1
+
+
+def check_blocks(adapter: ModelAdapter, spec: SparsitySpec, blocks: int, name: str = "blocks") -> None:
+    """RiaInputError when ``blocks`` LSA communities exceed :func:`max_permutation_blocks`."""
+    if spec.is_nm and blocks > 1:
+        limit = max_permutation_blocks(adapter, spec)
+        if blocks > limit:
+            raise RiaInputError(f"{name}={blocks} is too many LSA communities for this model: its narrowest "
+                                f"permuted input is split into {2 * limit} blocks of M={spec.m}, so at most "
+                                f"{limit} communities of >= 2 blocks (more would equal no LSA at all)")
+
+
 def _validate(model: nn.Module, calibration, method: str, spec: SparsitySpec, a, layer_sparsities,
-              permute: bool, blocks, blocksize, percdamp, batch_size, backend) -> ModelAdapter:
+              permute: bool, lsa: bool, blocks, blocksize, percdamp, batch_size, backend, reconstruction: bool,
+              per_output: bool) -> ModelAdapter:
     if not isinstance(method, str) or method not in METHODS:
         raise RiaInputError(f"method must be one of {METHODS}, got {method!r}")
     adapter = get_adapter(model)
     check_calibration(calibration, getattr(model.config, "vocab_size", None))
+    check_seqlen(int(calibration.shape[1]), model_max_positions(model), "calibration seqlen")
     if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
         raise RiaInputError(f"a (RIA activation exponent) must be a finite number, got {a!r}")
     _check_int(blocks, "blocks")
@@ -205,6 +232,15 @@ def _validate(model: nn.Module, calibration, method: str, spec: SparsitySpec, a,
         raise RiaInputError("permute=True (channel permutation) needs an N:M sparsity such as '2:4'")
     if permute and method == "sparsegpt":
         raise RiaInputError("permute=True is not supported with method='sparsegpt' (its mask depends on the update order)")
+    if reconstruction and method == "sparsegpt":
+        raise RiaInputError("reconstruction=True is what method='sparsegpt' already does; "
+                            "use it with magnitude, wanda, ri or ria")
+    if per_output and spec.is_nm:
+        raise RiaInputError(f"per_output=True is for unstructured sparsity; the N:M pattern {spec} is per row already")
+    if blocks != 1 and not (permute and lsa):
+        raise RiaInputError(f"blocks={blocks} splits the LSA step of channel permutation; it needs permute=True "
+                            "and lsa=True")
+    check_blocks(adapter, spec, blocks)
     if spec.is_nm:
         for i, layer in enumerate(adapter.layers()):
             for name, lin in adapter.linears(layer).items():
@@ -256,8 +292,8 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, *, method: str = "r
     model is touched.
     """
     spec = parse_sparsity(sparsity)
-    adapter = _validate(model, calibration, method, spec, a, layer_sparsities, permute, blocks, blocksize,
-                        percdamp, batch_size, backend)
+    adapter = _validate(model, calibration, method, spec, a, layer_sparsities, permute, lsa, blocks, blocksize,
+                        percdamp, batch_size, backend, reconstruction, per_output)
     backends = _backends(adapter, spec, method, backend)
     need_hessian = method == "sparsegpt" or reconstruction
     report = PruneReport(method=method, sparsity=str(spec), a=float(a), per_output=bool(per_output),
@@ -377,7 +413,7 @@ def _prune_group(adapter, layer_index, group, linears, stats: dict[str, LinearSt
             key = f"{adapter.full_name(layer_index, '')}.{group.name}"
             perm_cpu = perm_result.perm.detach().to("cpu", torch.long)
             report.permutation_stats[key] = {"linears": list(names), "retained": dict(perm_result.retained),
-                                             "time_s": float(perm_result.time_s)}
+                                             "time_s": float(perm_result.time_s), "lsa_solver": perm_result.solver}
             for n in names:
                 report.permutations[adapter.full_name(layer_index, n)] = perm_cpu
     for n in names:

@@ -32,14 +32,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ._errors import RiaInputError
+from ._io import atomic_output_dir
 from ._logging import logger
 from .inference import build_converted_module, conversion_layout, install_modules
 from .ops import sparse24_mm
@@ -89,33 +88,6 @@ def _tensors_to_save(model: nn.Module, layout: dict[str, dict]) -> tuple[dict[st
     return tensors, aliases
 
 
-def _finish_tree(root: Path) -> None:
-    """Usual permissions (mkdtemp makes 0700 directories, some writers 0600 files), then fsync all."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for dirpath, _, files in os.walk(root):
-        os.chmod(dirpath, 0o777 & ~umask)
-        for f in files:
-            path = os.path.join(dirpath, f)
-            os.chmod(path, 0o666 & ~umask)
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems do not fsync directories
-        pass
-    finally:
-        os.close(fd)
-
-
 @torch.no_grad()
 def save_sparse(model: nn.Module, directory: str | os.PathLike, *, report=None, tokenizer=None,
                 overwrite: bool = False) -> Path:
@@ -154,9 +126,7 @@ def save_sparse(model: nn.Module, directory: str | os.PathLike, *, report=None, 
         "files": [TENSORS_FILE, "config.json"], "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_output_dir(target, overwrite=overwrite) as tmp:  # temp sibling, fsync, rename
         save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         model.config.save_pretrained(tmp)
         gen = getattr(model, "generation_config", None)
@@ -172,22 +142,6 @@ def save_sparse(model: nn.Module, directory: str | os.PathLike, *, report=None, 
             tokenizer.save_pretrained(tmp)
             meta["files"].append("tokenizer")
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        _finish_tree(tmp)
-        if target.exists():  # overwrite: move the old one aside, rename the new one in, then delete the old
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                os.replace(old / target.name, target)  # put the previous checkpoint back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("save_sparse: %d SparseLinear (%d compressed weight bytes for %d dense) -> %s", n_sparse,
                 compressed, dense_equiv, target)
     return target

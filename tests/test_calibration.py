@@ -124,3 +124,20 @@ def test_check_calibration_vocab_range():
         check_calibration(torch.tensor([[0, 128]]), vocab_size=128)
     with pytest.raises(RiaInputError, match=r"vocab_size=128"):
         check_calibration(torch.tensor([[-1, 3]]), vocab_size=128)
+
+
+def test_seqlen_longer_than_the_model_is_the_clis_error(tmp_path):
+    """Row 13 of issue #13: the API rejects what ria-prune rejects, with the same message."""
+    tok = make_tiny_tokenizer(tmp_path / "tok")
+    (tmp_path / "c.txt").write_text(make_text(3000))
+    model = make_tiny_model("llama")  # max_position_embeddings=256
+    with pytest.raises(RiaInputError, match="seqlen=300 exceeds the model's max_position_embeddings=256"):
+        calibration_from_file(tok, tmp_path / "c.txt", 2, 300, model=model)
+    with pytest.raises(RiaInputError, match="seqlen=300 exceeds the model's max_position_embeddings=128"):
+        calibration_from_file(tok, tmp_path / "c.txt", 2, 300, max_positions=128)
+    tok.model_max_length = 200  # a tokenizer that knows its model's limit is enough
+    with pytest.raises(RiaInputError, match="max_position_embeddings=200"):
+        calibration_from_file(tok, tmp_path / "c.txt", 2, 300)
+    assert calibration_from_file(tok, tmp_path / "c.txt", 2, 256, model=model).shape == (2, 256)
+    with pytest.raises(RiaInputError, match="nsamples must be an integer"):
+        calibration_from_file(tok, tmp_path / "c.txt", True, 16)

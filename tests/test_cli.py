@@ -1,11 +1,21 @@
+"""ria-prune, mostly through a subprocess (what a user runs). Row numbers refer to the defect
+table of issue #13; each row has at least one test here (row 12 is tests/test_readme.py,
+row 13 tests/test_calibration.py, row 16 tests/test_pruning.py)."""
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from ria_kernels.cli import main
 from conftest import make_text, make_tiny_model, make_tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -18,9 +28,24 @@ def tiny_checkpoint(tmp_path):
     return tmp_path
 
 
-def _args(d, *extra):
-    return ["--model", str(d / "model"), "--calib-text", str(d / "calib.txt"), "--eval-text", str(d / "eval.txt"),
-            "--nsamples", "4", "--seqlen", "32", "--device", "cpu", "--quiet", *extra]
+def _args(d, *extra, model="model"):
+    """Arguments of a small run on the tiny checkpoint (no --eval-text with --no-eval)."""
+    evaluation = [] if "--no-eval" in extra else ["--eval-text", str(d / "eval.txt")]
+    return ["--model", str(d / model), "--calib-text", str(d / "calib.txt"), *evaluation,
+            "--nsamples", "4", "--seqlen", "32", "--device", "cpu", "--quiet", *map(str, extra)]
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+def cli(*args, timeout=600, **env):
+    """``python -m ria_kernels.cli ARGS`` -> CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-m", "ria_kernels.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=_env(**env), cwd=REPO)
 
 
 def _one_error_line(err: str) -> str:
@@ -30,55 +55,325 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
-def test_help_explains(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+def _cli_error(*args, **env) -> str:
+    p = cli(*args, **env)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    return _one_error_line(p.stderr)
+
+
+# ------------------------------------------------------------------ basics ---
+def test_help_and_version():
+    p = cli("--help")
+    assert p.returncode == 0
     for needle in ("--sparsity-type", "N of every M", "examples", "--permute", "--layerwise", "--reconstruction",
-                   "--calib-dataset", "--eval-zero-shot", "--save", "--json", "2:4 = 50%", "exit with status 2"):
-        assert needle in out, needle
+                   "--calib-dataset", "--eval-zero-shot", "--save", "--json", "2:4 = 50%", "exit with status 2",
+                   "--no-eval", "--overwrite", "--threads", "--version", "report_schema.md", "interrupted",
+                   "--save-dtype", "130"):
+        assert needle in p.stdout, needle
+    p = cli("--version")
+    import ria_kernels
+    assert p.returncode == 0 and p.stdout.strip() == f"ria-prune (ria-kernels) {ria_kernels.__version__}"
 
 
-def test_prune_json_save_reload(tiny_checkpoint, capsys):
+def test_prune_json_save_reload(tiny_checkpoint):
+    """A full run: summary, JSON report valid against the schema (row 6), checkpoint reloads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ria_kernels.run_report import SCHEMA_VERSION, validate_report
     d = tiny_checkpoint
-    rc = main(_args(d, "--method", "ria", "--sparsity-type", "2:4", "--json", str(d / "r.json"),
-                    "--save", str(d / "out")))
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "dense  perplexity" in out and "pruned perplexity" in out and "backend: score=torch" in out
+    p = cli(*_args(d, "--method", "ria", "--sparsity-type", "2:4", "--json", d / "r.json", "--save", d / "out"))
+    assert p.returncode == 0, p.stderr
+    assert "dense  perplexity" in p.stdout and "pruned perplexity" in p.stdout and "score=torch" in p.stdout
     r = json.loads((d / "r.json").read_text())
-    assert r["actual_sparsity"] == pytest.approx(0.5) and r["report"]["sparsity"] == "2:4"
-    assert r["dense_ppl"] > 1 and r["pruned_ppl"] > 1 and r["family"] == "llama"
-    assert f"{r['pruned_ppl']:.3f}" in out
+    validate_report(r)
+    assert r["schema_version"] == SCHEMA_VERSION
+    assert r["pruning"]["actual_sparsity"] == pytest.approx(0.5) and r["settings"]["sparsity_type"] == "2:4"
+    assert r["settings"]["sparsity_ratio"] == 0.5 and isinstance(r["settings"]["sparsity_ratio"], float)
+    ev = r["evaluation"]
+    assert ev["dense"]["ppl"] > 1 and ev["pruned"]["ppl"] > 1 and r["model"]["family"] == "llama"
+    assert f"{ev['pruned']['ppl']:.3f}" in p.stdout
+    # everything needed to reproduce the run
+    assert r["settings"]["seed"] == 0 and r["calibration"]["source"]["kind"] == "file"
+    assert r["calibration"]["source"]["path"] == str(d / "calib.txt") and len(r["calibration"]["source"]["sha256"]) == 64
+    assert r["calibration"]["tokens"] == 4 * 32 and ev["source"]["path"] == str(d / "eval.txt")
+    for pkg in ("ria_kernels", "torch", "transformers", "triton"):
+        assert r["versions"][pkg]
+    assert r["backends"]["score"] == "torch" and r["backends"]["mask"] == "torch" and r["machine"]["device"] == "cpu"
+    lin = r["pruning"]["layers"][0]["linears"]["mlp.down_proj"]
+    assert lin["sparsity"] == pytest.approx(0.5) and lin["total"] == 64 * 128
+    assert all(isinstance(v, float) for v in r["timings_s"].values())
+    assert r["outputs"] == {"save": str(d / "out"), "save_sparse": None, "json": str(d / "r.json")}
     model = AutoModelForCausalLM.from_pretrained(d / "out")
     tok = AutoTokenizer.from_pretrained(d / "out")
     assert tok("w3 w4").input_ids == [5, 6]
     w = model.model.layers[0].mlp.down_proj.weight
     assert float((w == 0).float().mean()) == pytest.approx(0.5)
     assert bool(((w == 0).reshape(w.shape[0], -1, 4).sum(-1) >= 2).all())
+    saved = json.loads((d / "out" / "ria_prune_report.json").read_text())  # the run report travels with the model
+    validate_report(saved)
+    assert saved["settings"]["save_dtype"] == "float32"
 
 
-def test_permute_and_owl_and_atp(tiny_checkpoint, capsys):
+def test_no_eval_prunes_and_saves_only(tiny_checkpoint):
     d = tiny_checkpoint
-    assert main(_args(d, "--sparsity-type", "2:4", "--permute", "--no-lsa", "--no-dense-eval",
-                      "--json", str(d / "p.json"))) == 0
-    r = json.loads((d / "p.json").read_text())
-    assert r["report"]["permute"] and len(r["report"]["permutations"]) == 14 and "dense_ppl" not in r
-    assert main(_args(d, "--method", "wanda", "--sparsity-ratio", "0.6", "--layerwise", "owl",
-                      "--json", str(d / "o.json"))) == 0
-    r = json.loads((d / "o.json").read_text())
-    assert len(r["layer_sparsities"]) == 2
-    assert [lay["target_sparsity"] for lay in r["report"]["layers"]] == pytest.approx(r["layer_sparsities"])
-    assert main(_args(d, "--sparsity-ratio", "0.5", "--layerwise", "atp", "--beta", "0.1",
-                      "--json", str(d / "a.json"))) == 0
-    r = json.loads((d / "a.json").read_text())
-    assert r["beta"] == 0.1 and r["layer_sparsities"][1] - r["layer_sparsities"][0] == pytest.approx(0.1)
-    assert "layer sparsities" in capsys.readouterr().out
+    p = cli("--model", d / "model", "--calib-text", d / "calib.txt", "--nsamples", "4", "--seqlen", "32",
+            "--device", "cpu", "--quiet", "--no-eval", "--save", d / "out", "--json", d / "r.json")
+    assert p.returncode == 0, p.stderr
+    assert "perplexity" not in p.stdout and "skipped (--no-eval)" in p.stdout
+    r = json.loads((d / "r.json").read_text())
+    assert r["evaluation"] is None and r["settings"]["eval"] is False
+    assert (d / "out" / "model.safetensors").is_file()
+
+
+# ---------------------------------------------- row 1: outputs checked first ---
+def test_row1_bad_output_paths_fail_before_loading(tiny_checkpoint):
+    d = tiny_checkpoint
+    (d / "existing-file").write_text("x")
+    (d / "a-dir").mkdir()
+    t0 = time.perf_counter()
+    line = _cli_error(*_args(d, "--save", "/proc/x"))
+    assert "--save /proc/x" in line and "cannot write" in line
+    line = _cli_error(*_args(d, "--json", d / "a-dir"))
+    assert "--json" in line and "is a directory" in line
+    line = _cli_error(*_args(d, "--save", d / "existing-file"))
+    assert "--save" in line and "not a directory" in line
+    line = _cli_error(*_args(d, "--json", d / "existing-file"))
+    assert "file exists" in line and "--overwrite" in line
+    assert time.perf_counter() - t0 < 600
 
 
 @pytest.mark.parametrize("extra,msg", [
+    (["--save", "/proc/x"], "cannot write"),
+    (["--json", "{dir}"], "is a directory"),
+    (["--save", "{file}"], "not a directory"),
+    (["--save", "{model}"], "source model"),
+    (["--save", "{model}/sub"], "source model"),
+    (["--save", "{dir}/out", "--json", "{dir}/out"], "must not be the --save directory"),
+])
+def test_row1_output_paths_checked_without_loading(tiny_checkpoint, capsys, monkeypatch, extra, msg):
+    import ria_kernels.cli as cli_mod
+    d = tiny_checkpoint
+    (d / "file").write_text("x")
+    (d / "dir").mkdir()
+
+    def no_load(args):
+        raise AssertionError("the model was loaded before the output paths were checked")
+    monkeypatch.setattr(cli_mod, "_load", no_load)
+    extra = [e.format(dir=d / "dir", file=d / "file", model=d / "model") for e in extra]
+    assert main(_args(d, *extra)) == 2
+    assert msg in _one_error_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------- row 2: interrupt, atomic save ---
+_DRIVER = """
+import sys, time
+phase = sys.argv[1]
+def hang(*a, **k):
+    print("PHASE-REACHED", file=sys.stderr, flush=True)
+    time.sleep(120)
+if phase == "save":
+    import transformers
+    real = transformers.PreTrainedModel.save_pretrained
+    def slow_save(self, *a, **k):
+        real(self, *a, **k)   # the weights are complete on disk, then the run is interrupted
+        hang()
+    transformers.PreTrainedModel.save_pretrained = slow_save
+else:
+    import ria_kernels.evaluation as ev
+    ev.evaluate_perplexity = hang
+from ria_kernels.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("phase", ["save", "eval"])
+def test_row2_interrupt_is_one_line_exit_130_and_leaves_no_output(tiny_checkpoint, phase):
+    d = tiny_checkpoint
+    driver = d / "driver.py"
+    driver.write_text(_DRIVER)
+    out = d / "out"
+    proc = subprocess.Popen([sys.executable, str(driver), phase, *_args(d, "--save", out, "--json", d / "r.json")],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+    err_lines = []
+    deadline = time.time() + 300
+    for line in proc.stderr:
+        err_lines.append(line)
+        if "PHASE-REACHED" in line or time.time() > deadline:
+            break
+    assert any("PHASE-REACHED" in ln for ln in err_lines), "".join(err_lines)
+    if phase == "save":  # the temporary directory holds a complete model.safetensors at this point
+        tmp = [p for p in d.iterdir() if p.name.startswith(".out.tmp-")]
+        assert tmp and (tmp[0] / "model.safetensors").is_file()
+    proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=120)
+    err = "".join(err_lines) + rest
+    assert proc.returncode == 130
+    lines = [ln for ln in err.splitlines() if ln.strip() and "PHASE-REACHED" not in ln]
+    assert lines == ["ria-prune: interrupted"], err
+    assert not out.exists() and not (d / "r.json").exists()
+    assert not [p.name for p in d.iterdir() if p.name.startswith((".out.", ".r.json."))]
+
+
+# ------------------------------------- row 3: --overwrite clears the old run ---
+def test_row3_second_run_needs_overwrite_and_leaves_nothing_stale(tiny_checkpoint, capsys):
+    import ria_kernels as rk
+    d = tiny_checkpoint
+    out = d / "out"
+    assert main(_args(d, "--sparsity-type", "2:4", "--permute", "--no-lsa", "--no-eval", "--save", str(out))) == 0
+    assert (out / "ria_permutations.pt").is_file()
+    line = _cli_error(*_args(d, "--method", "wanda", "--no-eval", "--save", out))
+    assert "not empty" in line and "--overwrite" in line
+    assert main(_args(d, "--method", "wanda", "--no-eval", "--save", str(out), "--overwrite")) == 0
+    assert not (out / "ria_permutations.pt").exists()
+    with pytest.raises(rk.RiaInputError, match="no saved permutations"):
+        rk.load_prune_report(out)
+    assert json.loads((out / "ria_prune_report.json").read_text())["settings"]["method"] == "wanda"
+    # --overwrite never replaces a directory that is not an earlier run's output
+    (d / "precious").mkdir()
+    (d / "precious" / "notes.txt").write_text("keep me")
+    assert main(_args(d, "--no-eval", "--save", str(d / "precious"), "--overwrite")) == 2
+    assert "refusing to replace" in _one_error_line(capsys.readouterr().err)
+    assert (d / "precious" / "notes.txt").read_text() == "keep me"
+
+
+# -------------------------------------------- row 4: never write the source ---
+def test_row4_save_over_the_source_model_is_refused(tiny_checkpoint):
+    d = tiny_checkpoint
+    before = (d / "model" / "model.safetensors").read_bytes()
+    line = _cli_error(*_args(d, "--save", d / "model", "--overwrite"))
+    assert "source model" in line
+    assert (d / "model" / "model.safetensors").read_bytes() == before
+
+
+# --------------------------------- rows 5, 6, 15: what was evaluated, report ---
+def test_row5_max_eval_windows_is_reported_as_used(tiny_checkpoint):
+    from ria_kernels.run_report import validate_report
+    d = tiny_checkpoint
+    p = cli(*_args(d, "--max-eval-windows", "3", "--json", d / "r.json"))
+    assert p.returncode == 0, p.stderr
+    r = json.loads((d / "r.json").read_text())
+    validate_report(r)
+    ev = r["evaluation"]
+    assert ev["max_eval_windows"] == 3 and ev["windows"] == 3 and ev["tokens"] == 3 * 32
+    assert ev["pruned"]["predicted_tokens"] == 3 * 31 and ev["available_tokens"] > 3 * 32
+    assert r["settings"]["max_eval_windows"] == 3 and r["settings"]["eval_batch_size"] == 16
+    assert f"3 windows x 32 = 96 of {ev['available_tokens']} tokens, capped by --max-eval-windows 3" in p.stdout
+    # row 15: a small model on the CPU runs with one torch thread unless told otherwise
+    assert r["machine"]["torch_threads"] == 1 and r["machine"]["threads_source"].startswith("auto")
+
+
+def test_row15_threads_override(tiny_checkpoint, capsys):
+    d = tiny_checkpoint
+    assert main(_args(d, "--threads", "2", "--no-eval", "--json", str(d / "r.json"))) == 0
+    r = json.loads((d / "r.json").read_text())
+    assert r["machine"]["torch_threads"] == 2 and r["machine"]["threads_source"] == "--threads"
+    assert r["settings"]["threads"] == 2
+
+
+def test_row6_schema_validator_rejects_departures(tiny_checkpoint):
+    from ria_kernels import RiaInputError
+    from ria_kernels.run_report import validate_report
+    d = tiny_checkpoint
+    assert main(_args(d, "--no-eval", "--json", str(d / "r.json"))) == 0
+    good = json.loads((d / "r.json").read_text())
+    validate_report(good)
+    for mutate, msg in ((lambda r: r["settings"].update(sparsity_ratio="0.5"), "expected number"),
+                        (lambda r: r.pop("versions"), "versions: missing"),
+                        (lambda r: r.update(extra=1), "not in schema"),
+                        (lambda r: r.update(schema_version=99), "schema_version")):
+        bad = json.loads(json.dumps(good))
+        mutate(bad)
+        with pytest.raises(RiaInputError, match=msg):
+            validate_report(bad)
+
+
+def test_row6_schema_is_documented():
+    """docs/report_schema.md names every field of run_report.SCHEMA."""
+    from ria_kernels.run_report import SCHEMA, SCHEMA_VERSION
+    doc = (REPO / "docs" / "report_schema.md").read_text()
+    assert f"schema_version` | int | {SCHEMA_VERSION}" in doc.replace("**", "")
+
+    def names(spec, prefix):
+        if isinstance(spec, list):
+            yield from names(spec[0], prefix + "[]")
+        elif isinstance(spec, dict):
+            for k, v in spec.items():
+                k = k.rstrip("?")
+                yield f"{prefix}.{k}" if prefix else k
+                yield from names(v, f"{prefix}.{k}" if prefix else k)
+    missing = [n for n in names(SCHEMA, "") if f"`{n}`" not in doc]
+    assert not missing, f"fields missing from docs/report_schema.md: {missing}"
+
+
+# ------------------------------------------------- row 7: sparse inference ---
+def test_row7_sparse_inference_says_what_ran(tiny_checkpoint):
+    d = tiny_checkpoint
+    p = cli(*_args(d, "--sparsity-type", "2:4", "--permute", "--sparse-inference", "--json", d / "r.json"))
+    assert p.returncode == 0, p.stderr
+    r = json.loads((d / "r.json").read_text())
+    si = r["sparse_inference"]
+    assert si["linears"] == 14 and si["converted"] == 14
+    assert r["evaluation"]["sparse_inference"]["ppl"] == pytest.approx(r["evaluation"]["pruned"]["ppl"], rel=1e-5)
+    if not torch.cuda.is_available():  # on the CPU the compact format runs its torch reference, and the summary says so
+        assert si["ran_sparse"] is False and si["backends_used"] == {"sparse24": 14}
+        assert si["memory_modes"] == {"compact": 14}
+        assert "nothing ran sparse" in p.stdout and "sparse-inference perplexity" not in p.stdout
+    line = _cli_error(*_args(d, "--sparsity-type", "4:8", "--sparse-inference"))
+    assert "2:4 linears only" in line
+
+
+def test_permute_save_then_sparse_inference_from_the_checkpoint(tiny_checkpoint):
+    """--permute --save writes the permutations beside the checkpoint; a reloaded checkpoint
+    converts to the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    import ria_kernels as rk
+    from ria_kernels.inference import PermutedRMSNorm
+    d = tiny_checkpoint
+    out = d / "pruned"
+    assert main(_args(d, "--sparsity-type", "2:4", "--permute", "--no-eval", "--save", str(out),
+                      "--json", str(d / "r.json"))) == 0
+    r = json.loads((d / "r.json").read_text())
+    report = rk.load_prune_report(out)
+    assert report.family == "llama" and report.sparsity == "2:4"
+    assert set(report.permutations) == set(r["pruning"]["permutations"]) and report.permutations
+    from ria_kernels.lsa import lapjv_available
+    assert r["backends"]["lsa_solver"] == ("lapjv" if lapjv_available() else "scipy")
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(ids).logits
+        rk.to_sparse_inference(model, report)
+        got = model(ids).logits
+    assert isinstance(model.model.layers[0].input_layernorm, PermutedRMSNorm)
+    assert (got - want).abs().max().item() <= 1e-4
+    with pytest.raises(rk.RiaInputError, match="no saved permutations"):
+        rk.load_prune_report(d)
+
+
+# --------------------------------------------- row 8: conflicting flags ---
+CONFLICTS = [
+    (["--sparsity-type", "2:4", "--sparsity-ratio", "0.7"], "--sparsity-ratio applies to unstructured"),
+    (["--sparsity-type", "2:4", "--per-output"], "--per-output is for unstructured"),
+    (["--blocks", "4"], "--blocks splits the LSA step"),
+    (["--sparsity-type", "2:4", "--permute", "--no-lsa", "--blocks", "2"], "--blocks splits the LSA step"),
+    (["--sparsity-type", "2:4", "--permute", "--blocks", "1000"], "--blocks=1000 is too many LSA communities"),
+    (["--no-lsa"], "it needs --permute"),
+    (["--method", "sparsegpt", "--reconstruction"], "--reconstruction is what --method sparsegpt does"),
+    (["--method", "sparsegpt", "--sparsity-type", "2:4", "--permute"], "not supported with --method sparsegpt"),
+    (["--blocksize", "64"], "SparseGPT setting"),
+    (["--percdamp", "0.1"], "SparseGPT setting"),
+    (["--method", "wanda", "--a", "1.0"], "--a is RIA's activation exponent"),
+    (["--owl-lambda", "0.1"], "only used with --layerwise owl"),
+    (["--beta", "0.1"], "--beta is only used with --layerwise atp"),
+    (["--layerwise", "atp", "--nsamples", "1"], "it needs --nsamples >= 2"),
+    (["--no-eval", "--max-eval-windows", "2"], "has no effect with --no-eval"),
+    (["--no-eval", "--sparse-inference", "--sparsity-type", "2:4"], "has no effect with --no-eval"),
+    (["--save-dtype", "float16"], "--save-dtype needs --save"),
+    (["--no-eval", "--eval-batch-size", "4"], "has no effect with --no-eval"),
+    (["--eval-batch-size", "0"], "--eval-batch-size must be >= 1"),
+    (["--overwrite"], "--overwrite needs --save"),
+    (["--threads", "0"], "--threads must be >= 1"),
     (["--sparsity-ratio", "1.5"], "in [0, 1)"),
     (["--sparsity-type", "4:2"], "1 <= N < M"),
     (["--sparsity-type", "2:3"], "not divisible by M=3"),
@@ -87,34 +382,142 @@ def test_permute_and_owl_and_atp(tiny_checkpoint, capsys):
     (["--permute"], "--permute needs an N:M"),
     (["--sparsity-type", "2:4", "--layerwise", "owl"], "needs --sparsity-type unstructured"),
     (["--nsamples", "0"], "--nsamples must be >= 1"),
-    (["--seqlen", "100000"], "fewer than seqlen"),
+    (["--seqlen", "100000"], "--seqlen=100000 exceeds the model's max_position_embeddings=256"),
+    (["--layerwise", "atp", "--beta", "5"], "beta must be in"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
+    (["--device", "mps"], "--device must be cpu, cuda, cuda:N, auto or map, got 'mps'"),
     (["--calib-dataset", "c4"], "pass only one of --calib-text and --calib-dataset"),
-])
-def test_bad_input_is_one_clear_line(tiny_checkpoint, capsys, extra, msg):
+]
+
+
+@pytest.mark.parametrize("extra,msg", CONFLICTS, ids=[" ".join(c[0]) for c in CONFLICTS])
+def test_row8_conflicting_or_bad_flags_are_one_clear_line(tiny_checkpoint, capsys, extra, msg):
     rc = main(_args(tiny_checkpoint, *extra))
     line = _one_error_line(capsys.readouterr().err)
-    assert rc == 2 and msg in line
+    assert rc == 2 and msg in line, line
 
 
-def test_missing_datasets_package_is_one_clear_line(tiny_checkpoint, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "datasets", None)
+def test_row8_conflict_through_the_cli(tiny_checkpoint):
+    line = _cli_error(*_args(tiny_checkpoint, "--sparsity-type", "2:4", "--sparsity-ratio", "0.7"))
+    assert "--sparsity-ratio applies to unstructured" in line
+
+
+def test_text_shorter_than_a_window(tiny_checkpoint, capsys):
     d = tiny_checkpoint
-    rc = main(["--model", str(d / "model"), "--calib-dataset", "c4", "--eval-text", str(d / "eval.txt"),
-               "--device", "cpu", "--quiet"])
-    assert rc == 2 and "`datasets` package" in _one_error_line(capsys.readouterr().err)
+    (d / "short.txt").write_text(make_text(20))
+    assert main(_args(d, "--calib-text", str(d / "short.txt"))) == 2
+    assert "fewer than seqlen" in _one_error_line(capsys.readouterr().err)
 
 
-def test_unsupported_or_missing_model(tmp_path, capsys):
+# ------------------------------------------- row 9: missing local models ---
+def test_row9_missing_local_directory_never_asks_the_hub(tmp_path):
+    line = _cli_error("--model", "./my-llama", "--quiet", HF_HUB_OFFLINE="0")
+    assert "--model ./my-llama: local model directory not found" in line
+    line = _cli_error("--model", str(tmp_path / "nothing-here"), "--quiet")
+    assert "local model directory not found" in line
+
+
+def test_row9_unknown_hub_id_with_unreachable_hub_is_one_line(tmp_path):
+    t0 = time.perf_counter()
+    p = cli("--model", "my-llama", "--quiet", HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"),
+            HF_HUB_CACHE=str(tmp_path / "hf" / "hub"))
+    assert p.returncode == 2
+    line = _one_error_line(p.stderr)  # one line: no duplicated log records, no retries printed
+    assert "--model my-llama: no local directory of that name" in line and "unreachable" in line
+    assert time.perf_counter() - t0 < 120
+
+
+def test_row9_root_logger_untouched(tiny_checkpoint):
+    import logging
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    assert main(_args(tiny_checkpoint, "--no-eval", "-v")) == 0
+    assert (list(root.handlers), root.level) == before
+
+
+def test_unsupported_model(tmp_path, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path)
     rc = main(["--model", str(tmp_path), "--device", "cpu", "--calib-text", __file__, "--eval-text", __file__])
     assert rc == 2
     assert "unsupported model architecture 'gpt2'" in _one_error_line(capsys.readouterr().err)
-    rc = main(["--model", str(tmp_path / "nothing-here"), "--device", "cpu", "--quiet"])
-    assert rc == 2 and "cannot load the model config" in _one_error_line(capsys.readouterr().err)
 
 
+# -------------------------------- row 10: devices, corrupt checkpoints ---
+def test_row10_mps_truncated_weights_missing_tokenizer(tiny_checkpoint):
+    d = tiny_checkpoint
+    assert "got 'mps'" in _cli_error(*_args(d, "--device", "mps"))
+    broken = d / "broken"
+    broken.mkdir()
+    for f in (d / "model").iterdir():
+        data = f.read_bytes()
+        (broken / f.name).write_bytes(data[: len(data) // 2] if f.name == "model.safetensors" else data)
+    line = _cli_error(*_args(d, model="broken"))
+    assert "cannot load the model weights of" in line
+    no_tok = d / "no-tok"
+    make_tiny_model("llama").save_pretrained(no_tok)
+    line = _cli_error(*_args(d, model="no-tok"))
+    assert "cannot load the tokenizer" in line
+    (d / "not-a-model").mkdir()
+    assert "no config.json" in _cli_error(*_args(d, model="not-a-model"))
+
+
+# ---------------------------------------------------- row 11: ATP search ---
+def test_row11_atp_search_has_progress_time_and_beta(tiny_checkpoint):
+    d = tiny_checkpoint
+    args = [a for a in _args(d, "--sparsity-ratio", "0.6", "--layerwise", "atp", "--no-dense-eval",
+                             "--max-eval-windows", "2", "--json", d / "r.json") if a != "--quiet"]
+    p = cli(*args)
+    assert p.returncode == 0, p.stderr
+    assert "ATP beta search" in p.stderr  # the progress bar over the grid
+    r = json.loads((d / "r.json").read_text())
+    lw = r["layerwise"]
+    assert lw["kind"] == "atp" and lw["beta_searched"] and len(lw["search"]) == 5
+    assert all(row["time_s"] > 0 for row in lw["search"]) and lw["time_s"] >= sum(x["time_s"] for x in lw["search"])
+    assert r["timings_s"]["layerwise"] == lw["time_s"]
+    assert f"ATP beta {lw['beta']:.4g} (searched over 5 values, {lw['time_s']:.2f} s)" in p.stdout
+    assert [la["target_sparsity"] for la in r["pruning"]["layers"]] == pytest.approx(lw["layer_sparsities"])
+
+
+def test_owl_and_given_atp_beta(tiny_checkpoint, capsys):
+    d = tiny_checkpoint
+    assert main(_args(d, "--method", "wanda", "--sparsity-ratio", "0.6", "--layerwise", "owl", "--no-eval",
+                      "--json", str(d / "o.json"))) == 0
+    r = json.loads((d / "o.json").read_text())
+    assert len(r["layerwise"]["layer_sparsities"]) == 2 and r["settings"]["owl_lambda"] == 0.08
+    assert main(_args(d, "--sparsity-ratio", "0.5", "--layerwise", "atp", "--beta", "0.1", "--no-eval",
+                      "--json", str(d / "a.json"))) == 0
+    r = json.loads((d / "a.json").read_text())
+    ls = r["layerwise"]["layer_sparsities"]
+    assert r["layerwise"]["beta"] == 0.1 and not r["layerwise"]["beta_searched"] and ls[1] - ls[0] == pytest.approx(0.1)
+    assert "layer sparsities" in capsys.readouterr().out
+
+
+# ---------------------------------------------- row 14: dtypes ---
+def test_row14_device_map_on_cpu_is_float32_and_save_keeps_source_dtype(tiny_checkpoint):
+    from safetensors import safe_open
+    d = tiny_checkpoint
+    half = d / "half"
+    make_tiny_model("llama").half().save_pretrained(half)
+    make_tiny_tokenizer(half)
+    args = [a if a != "cpu" else "map" for a in _args(d, "--no-eval", "--save", d / "out", "--json", d / "r.json",
+                                                      model="half")]
+    p = cli(*args)
+    if p.returncode == 2 and "accelerate" in p.stderr:
+        pytest.skip("--device map needs accelerate")
+    assert p.returncode == 0, p.stderr
+    r = json.loads((d / "r.json").read_text())
+    assert r["model"]["dtype"] == "float32" and r["model"]["source_dtype"] == "float16"
+    assert r["settings"]["save_dtype"] == "float16" and "(float16)" in p.stdout
+    with safe_open(str(d / "out" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert json.loads((d / "out" / "config.json").read_text())["dtype"] == "float16"
+    assert main(_args(d, "--no-eval", "--save", str(d / "out32"), "--save-dtype", "float32", model="half")) == 0
+    with safe_open(str(d / "out32" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+# ----------------------------------------------- the embedded default ---
 def test_embedded_default_model(tmp_path, capsys):
     """No --model: the embedded model with its own calibration/evaluation text (kept short here)."""
     from ria_kernels import embedded
@@ -127,36 +530,15 @@ def test_embedded_default_model(tmp_path, capsys):
                "--json", str(tmp_path / "e.json")])
     assert rc == 0
     r = json.loads((tmp_path / "e.json").read_text())
-    assert r["model"] == "embedded" and r["actual_sparsity"] == pytest.approx(0.5, abs=1e-3)
-    assert r["pruned_ppl"] > 1 and r["dense_ppl"] > 1
+    assert r["model"]["source"] == "embedded" and r["pruning"]["actual_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert r["evaluation"]["pruned"]["ppl"] > 1 and r["evaluation"]["dense"]["ppl"] > 1
+    assert r["calibration"]["source"]["kind"] == "embedded"
     assert "embedded" in capsys.readouterr().out
 
 
-def test_permute_save_then_sparse_inference_from_the_checkpoint(tiny_checkpoint, capsys):
-    """--permute --save writes the permutations beside the checkpoint; --sparse-inference runs the
-    converted model (same perplexity); a reloaded checkpoint converts to the same logits."""
-    from transformers import AutoModelForCausalLM
-
-    import ria_kernels as rk
-    from ria_kernels.inference import PermutedRMSNorm
+def test_missing_datasets_package_is_one_clear_line(tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
     d = tiny_checkpoint
-    out = d / "pruned"
-    rc = main(_args(d, "--sparsity-type", "2:4", "--permute", "--sparse-inference", "--save", str(out),
-                    "--json", str(d / "r.json")))
-    assert rc == 0
-    r = json.loads((d / "r.json").read_text())
-    assert r["sparse_inference_ppl"] == pytest.approx(r["pruned_ppl"], rel=1e-5)
-    assert "sparse-inference perplexity" in capsys.readouterr().out
-    report = rk.load_prune_report(out)
-    assert report.family == "llama" and report.sparsity == "2:4"
-    assert set(report.permutations) == set(r["report"]["permutations"]) and report.permutations
-    model = AutoModelForCausalLM.from_pretrained(out).eval()
-    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        want = model(ids).logits
-        rk.to_sparse_inference(model, report)
-        got = model(ids).logits
-    assert isinstance(model.model.layers[0].input_layernorm, PermutedRMSNorm)
-    assert (got - want).abs().max().item() <= 1e-4
-    with pytest.raises(rk.RiaInputError, match="no saved permutations"):
-        rk.load_prune_report(d)
+    rc = main(["--model", str(d / "model"), "--calib-dataset", "c4", "--eval-text", str(d / "eval.txt"),
+               "--device", "cpu", "--quiet"])
+    assert rc == 2 and "`datasets` package" in _one_error_line(capsys.readouterr().err)

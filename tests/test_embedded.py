@@ -157,3 +157,7 @@ def test_input_errors():
         embedded_text_path("train")
     with pytest.raises(RiaInputError, match="dtype"):
         load_embedded(dtype=torch.int8)
+    with pytest.raises(RiaInputError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'mps'"):
+        load_embedded(device="mps")
+    with pytest.raises(RiaInputError, match="device must be"):
+        load_embedded(device="nonsense")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ria_kernels import RiaInputError
-from ria_kernels.evaluation import eval_tokens, perplexity
+from ria_kernels.evaluation import eval_tokens, evaluate_perplexity, perplexity
 from conftest import make_calibration, make_text, make_tiny_model, make_tiny_tokenizer
 
 
@@ -71,3 +71,16 @@ def test_bad_inputs():
         perplexity(model, torch.rand(100), 32)
     with pytest.raises(RiaInputError, match="batch_size"):
         perplexity(model, torch.arange(100), 32, batch_size=0)
+
+
+def test_evaluate_perplexity_reports_the_tokens_used():
+    """Row 5 of issue #13: the window cap is visible in the result."""
+    model = make_tiny_model("llama")
+    ids = make_calibration(1, 330).reshape(-1)
+    res = evaluate_perplexity(model, ids, 32, max_windows=3)
+    assert (res.windows, res.tokens, res.predicted_tokens, res.available_tokens, res.max_windows) == (3, 96, 93, 330, 3)
+    assert res.ppl == pytest.approx(perplexity(model, ids, 32, max_windows=3))
+    full = evaluate_perplexity(model, ids, 32)
+    assert full.windows == 10 and full.tokens == 320 and full.max_windows is None
+    with pytest.raises(RiaInputError, match="max_windows must be an integer >= 1"):
+        evaluate_perplexity(model, ids, 32, max_windows=0)

@@ -218,6 +218,14 @@ BAD = [
     (dict(backend="cuda"), "backend must be one of"),
     (dict(calibration=torch.rand(2, 8)), "LongTensor"),
     (dict(calibration=torch.full((2, 8), 128)), "vocab_size=128"),
+    # the checks ria-prune makes, applied by the API too (issue #13)
+    (dict(calibration=torch.zeros(1, 300, dtype=torch.long)),
+     "calibration seqlen=300 exceeds the model's max_position_embeddings=256"),
+    (dict(sparsity="2:4", per_output=True), "per_output=True is for unstructured"),
+    (dict(sparsity="2:4", blocks=2), "blocks=2 splits the LSA step"),
+    (dict(sparsity="2:4", permute=True, lsa=False, blocks=2), "blocks=2 splits the LSA step"),
+    (dict(sparsity="2:4", permute=True, blocks=9), "blocks=9 is too many LSA communities"),
+    (dict(method="sparsegpt", reconstruction=True), "reconstruction=True is what method='sparsegpt'"),
 ]
 
 
@@ -259,3 +267,28 @@ def test_unsupported_model():
     with pytest.raises(RiaInputError, match="unsupported model architecture 'gpt2'"):
         prune_model(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)),
                     make_calibration(), progress=False)
+
+
+def test_permutation_blocks_limit_is_the_useful_maximum():
+    """blocks up to half the narrowest input's block count is accepted (8 here: 64 channels / 4 / 2)."""
+    from ria_kernels.pruning import max_permutation_blocks
+    from ria_kernels._validation import parse_sparsity
+    model = make_tiny_model("llama")
+    assert max_permutation_blocks(get_adapter(model), parse_sparsity("2:4")) == 8
+    report = prune_model(model, make_calibration(), sparsity="2:4", permute=True, blocks=8, progress=False)
+    assert report.permutation_stats and all(s["lsa_solver"] in ("lapjv", "scipy") for s in report.permutation_stats.values())
+
+
+def test_report_numbers_are_numbers():
+    model = make_tiny_model("llama")
+    d = json.loads(json.dumps(prune_model(model, make_calibration(), sparsity=0.5, progress=False).to_dict()))
+    assert d["sparsity_type"] == "unstructured" and d["sparsity_ratio"] == 0.5 and "sparsity" not in d
+    d = json.loads(json.dumps(prune_model(make_tiny_model("llama"), make_calibration(), sparsity="2:4",
+                                          progress=False).to_dict()))
+    assert d["sparsity_type"] == "2:4" and d["sparsity_ratio"] == 0.5
+
+
+def test_ria_score_rejects_negative_act_norm():
+    import ria_kernels as rk
+    with pytest.raises(RiaInputError, match="act_norm"):
+        rk.ria_score(torch.randn(4, 8), -torch.rand(8))

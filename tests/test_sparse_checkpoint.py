@@ -265,4 +265,5 @@ def test_cli_save_sparse_writes_a_loadable_checkpoint(tmp_path, capsys):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(out)
     ppl = perplexity(model, eval_tokens(tok, path=tmp_path / "eval.txt"), 32)
-    assert ppl == pytest.approx(r["sparse_inference_ppl"], rel=1e-6)
+    assert ppl == pytest.approx(r["evaluation"]["sparse_inference"]["ppl"], rel=1e-6)
+    assert r["outputs"]["save_sparse"] == str(out)
