@@ -125,6 +125,18 @@ def cusparselt_needs_cusparse_h(cslt: CuSparseLt) -> bool:
     return bool(includes) and "__has_include" not in text
 
 
+def cusparselt_header_version(cslt: CuSparseLt) -> str | None:
+    """``"major.minor.patch"`` from ``cusparseLt.h``'s ``CUSPARSELT_VER_*`` defines (before any build)."""
+    import re
+    try:
+        with open(os.path.join(cslt.include_dir, "cusparseLt.h"), errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    parts = [re.search(rf"#define\s+CUSPARSELT_VER_{name}\s+(\d+)", text) for name in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(m.group(1) for m in parts) if all(parts) else None
+
+
 def find_cusparse_include(cslt: CuSparseLt | None = None) -> str | None:
     """The folder holding ``cusparse.h``: next to ``cusparseLt.h``, then the CUDA wheels'
     layouts (cu13: ``nvidia/cu13/include``; cu12: ``nvidia/cusparse/include``), then

@@ -174,6 +174,11 @@ def test_cusparse_h_include_dir_from_the_cu13_wheel_layout(tmp_path, monkeypatch
     cslt = _build.find_cusparselt()
     assert cslt.include_dir == str(cslt_inc)
     assert _build.cusparselt_needs_cusparse_h(cslt) == version.startswith("0.8")
+    assert _build.cusparselt_header_version(cslt) is None  # the fake header has no version defines
+    with open(os.path.join(cslt.include_dir, "cusparseLt.h"), "a") as f:
+        f.write("".join(f"#define CUSPARSELT_VER_{n} {v}\n" for n, v in zip(("MAJOR", "MINOR", "PATCH"),
+                                                                            version.split("."))))
+    assert _build.cusparselt_header_version(cslt) == version
     cu13_inc = str(tmp_path / "nvidia" / "cu13" / "include")
     assert _build.find_cusparse_include(cslt) == cu13_inc
     args = _build._build_args()
