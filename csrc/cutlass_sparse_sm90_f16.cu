@@ -1,6 +1,10 @@
 // The float16 instantiation of the CUTLASS sm90 2:4 sparse GEMM and compressor (one dtype per translation
 // unit: see cutlass_sparse_sm90.h). Empty unless RIA_CUTLASS90_ENABLED.
+// Guarded before any include: an sm_80-only build (no RIA_WITH_SM90A) compiles an empty unit here instead of
+// parsing the ATen headers for nothing.
+#if defined(RIA_WITH_CUTLASS) && defined(RIA_WITH_SM90A)
 #include "cutlass_sparse_sm90_kernel.cuh"
+#endif
 
 #ifdef RIA_CUTLASS90_ENABLED
 namespace ria {
