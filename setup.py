@@ -1,10 +1,18 @@
 """Install ria-kernels. The C++/CUDA extension (``ria_kernels._C``) is built only
 where a CUDA build of torch and nvcc are present.
 
+    pip install -e .                             # CPU machine (pure Python + Triton)
+    pip install --no-build-isolation -e .        # GPU machine: builds the extension against the installed torch
+
+pyproject.toml declares the build system (setuptools) but not torch: pip's isolated build
+environment would otherwise download a CUDA build of torch just to build. In an isolated build
+torch is not importable, so the extension is skipped -- loudly where CUDA is present.
+
 Env override ``RIA_KERNELS_BUILD_EXT``: ``auto`` (default), ``1`` (force: fail if
 it cannot be built), ``0`` (skip).
 """
 import os
+import shutil
 import sys
 
 from setuptools import find_packages, setup
@@ -13,18 +21,35 @@ ext_modules = []
 cmdclass = {}
 
 
+def _cuda_present(torch_is_cuda: bool) -> bool:
+    """A CUDA torch, or (torch not importable, e.g. in pip's isolated build) an NVIDIA driver on this machine."""
+    return torch_is_cuda or bool(shutil.which("nvidia-smi")) or os.path.exists("/proc/driver/nvidia/version")
+
+
+def _loud(reason: str) -> None:
+    bar = "ria-kernels: " + "!" * 88
+    print("\n".join([bar, f"ria-kernels: WARNING: the CUDA extension ria_kernels._C is NOT being built: {reason}.",
+                      "ria-kernels: the 2:4 sparse backends (cuSPARSELt, CUTLASS) will be unavailable. On a GPU "
+                      "machine install with",
+                      "ria-kernels:     pip install --no-build-isolation -e .",
+                      "ria-kernels: (torch must be importable while building), or set RIA_KERNELS_BUILD_EXT=0 to "
+                      "skip it on purpose.", bar]), file=sys.stderr)
+
+
 def _want_extension() -> bool:
     mode = os.environ.get("RIA_KERNELS_BUILD_EXT", "auto").lower()
     if mode in ("0", "no", "false", "skip"):
         print("ria-kernels: skipping the CUDA extension (RIA_KERNELS_BUILD_EXT=0)", file=sys.stderr)
         return False
+    torch_is_cuda = False
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME
-    except Exception as exc:  # torch not importable at build time
+    except Exception as exc:  # torch not importable at build time (e.g. pip's isolated build environment)
         reason = f"torch not importable ({exc})"
     else:
-        if torch.version.cuda is None:
+        torch_is_cuda = torch.version.cuda is not None
+        if not torch_is_cuda:
             reason = "torch is a CPU build"
         elif CUDA_HOME is None:
             reason = "nvcc / CUDA_HOME not found"
@@ -32,7 +57,10 @@ def _want_extension() -> bool:
             return True
     if mode in ("1", "yes", "true", "force"):
         raise SystemExit(f"ria-kernels: RIA_KERNELS_BUILD_EXT=1 but the CUDA extension cannot be built: {reason}")
-    print(f"ria-kernels: skipping the CUDA extension: {reason}", file=sys.stderr)
+    if reason != "torch is a CPU build" and _cuda_present(torch_is_cuda):
+        _loud(reason)  # a GPU machine silently without its kernels is the failure this prevents
+    else:
+        print(f"ria-kernels: skipping the CUDA extension: {reason}", file=sys.stderr)
     return False
 
 

@@ -3,12 +3,13 @@ JSON output and plots. Every benchmark imports its baseline from the op's
 reference module; this file only measures and records."""
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
 import platform
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -94,3 +95,24 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+# ---- --dry-run: every benchmark supports it (benchmarks/gpu_check.sh runs them all with it on a CPU
+# machine before a GPU lease is spent): parse the arguments, import everything the run uses, build and
+# validate the case list, print the plan, exit 0. No GPU, no files written.
+def add_dry_run_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="parse arguments, import everything, build and print the case list, then exit 0 "
+                             "without a GPU and without writing anything")
+
+
+def dry_run_plan(name: str, cases: Sequence[object], outputs: Sequence[str]) -> int:
+    """Print a benchmark's plan (``cases``: one printable item per measured case; ``outputs``: the
+    file names it writes into ``--out``) and return the exit status 0. Raises ``ValueError`` on an
+    empty case list: a benchmark that would measure nothing is an argument error."""
+    if not cases:
+        raise ValueError(f"{name}: the arguments select no cases")
+    print(f"DRY-RUN {name}: {len(cases)} cases; would write {' '.join(outputs)}")
+    for case in cases:
+        print(f"  {case}")
+    return 0

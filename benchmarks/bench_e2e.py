@@ -47,7 +47,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bench_ms, print_table, save_figure, write_rows  # noqa: E402
+from _common import add_dry_run_argument, bench_ms, dry_run_plan, print_table, save_figure, write_rows  # noqa: E402
 
 from ria_kernels.inference import InputPermutedLinear, to_sparse_inference  # noqa: E402
 from ria_kernels.models import get_adapter  # noqa: E402
@@ -268,18 +268,24 @@ def main() -> int:
     ap.add_argument("--backend", default=None, help="SparseLinear backend (default: its own choice)")
     ap.add_argument("--smoke-cpu", action="store_true",
                     help="tiny model on the CPU to check the script's plumbing; numbers meaningless, nothing written")
+    add_dry_run_argument(ap)
     args = ap.parse_args()
     if args.layers < 1 or args.decode_steps < 8:
         ap.error("--layers must be >= 1 and --decode-steps >= 8")
     device = args.device = "cpu" if args.smoke_cpu else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        print("bench_e2e: needs a CUDA GPU (end-to-end latency of SparseLinear models); none found", file=sys.stderr)
-        return 1
     args.seq = 128
     args.batches = [1, 16] if args.quick else [1, 8, 16, 64]
     args.decode_batches = [1] if args.quick else [1, 16]
     if args.smoke_cpu:
         args.batches, args.decode_batches, args.seq, args.decode_steps = [1, 2], [1, 2], 16, 12
+    if args.dry_run:
+        cases = ([f"prefill {v} batch {b} x seq {args.seq} ({args.layers} layers)" for v in VARIANTS
+                  for b in args.batches]
+                 + [f"decode {v} batch {b}, {args.decode_steps} steps" for v in VARIANTS for b in args.decode_batches])
+        return dry_run_plan("bench_e2e", cases, [] if args.smoke_cpu else ["e2e.json", "e2e.png"])
+    if device == "cuda" and not torch.cuda.is_available():
+        print("bench_e2e: needs a CUDA GPU (end-to-end latency of SparseLinear models); none found", file=sys.stderr)
+        return 1
     dtype = torch.float32 if args.smoke_cpu else torch.float16
     measure = timer(device, args.quick)
     torch.manual_seed(0)

@@ -42,7 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bench_ms, copy_bandwidth_gbps, print_table, save_figure, write_rows  # noqa: E402
+from _common import (add_dry_run_argument, bench_ms, copy_bandwidth_gbps, dry_run_plan, print_table,  # noqa: E402
+                     save_figure, write_rows)
 
 from ria_kernels.ops.nm_mask import nm_topk_blocks, nm_topk_blocks_reference  # noqa: E402
 from ria_kernels.ops.prune_fused import fused_prune, fused_prune_reference  # noqa: E402
@@ -342,7 +343,14 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true",
                     help="CPU code-path check only (needs TRITON_INTERPRET=1): tiny shapes, wall-clock "
                          "timings that mean nothing; for testing this script without a GPU")
+    add_dry_run_argument(ap)
     args = ap.parse_args()
+    if args.dry_run:
+        shapes = [ACCEPT_SHAPE] if args.quick else SHAPES
+        hiddens = (8192,) if args.quick else RMS_HIDDEN
+        cases = [f"rms_norm {RMS_TOKENS}x{h}" for h in hiddens if "rms_norm" in args.kernels]
+        cases += [f"{k} {r}x{c}" for k in args.kernels if k != "rms_norm" for r, c in shapes]
+        return dry_run_plan("bench_kernels", cases, ["kernels.json", "kernels.png"])
     if args.smoke:
         DEV, RMS_TOKENS, bench_ms = "cpu", 4, _wall_ms
         shapes, hiddens = [(8, 32), (5, 16)], (24,)

@@ -16,16 +16,27 @@ Every backend's output is checked against the float32 reference
 not timed and the run exits 1. TFLOP/s are dense-equivalent: 2*T*N*K / time (the sparse
 kernels do half the multiply-adds; the number says how fast the layer runs, not MMA utilisation).
 
+torch's own 2:4 paths are baselines only: one that raises on this GPU (torch's CUTLASS 2:4 ops
+are sm8x-only, so ``torch_cutlass`` fails on compute capability 9.0) is recorded as skipped with
+its error in the row (``<name>_skipped``) and not tried again for that shape. One of our own
+backends raising is a failure (exit 1).
+
 Acceptance quantities printed at the end: LLaMA2-13B @ 1024 tokens overall speedup
 (sum of dense times / sum of dispatched times over q,k,v,o,gate,up,down), the minimum
 dispatched/dense speedup at <= 32 tokens, and dispatched vs torch's own 2:4 path per shape.
 
     python benchmarks/bench_modules.py --out benchmarks/results [--quick]
+    python benchmarks/bench_modules.py --table5 --out gpu_out   # the paper's Table 5: 7B/13B, 8 x 128 tokens
+    python benchmarks/bench_modules.py --table5 --dry-run       # plan only (no GPU)
+
+Writes modules.json (rows, acceptance, and the dispatcher's tune table of this run) and modules.png.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -34,7 +45,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bench_ms, print_table, save_figure, write_rows  # noqa: E402
+from _common import add_dry_run_argument, bench_ms, dry_run_plan, print_table, save_figure, write_rows  # noqa: E402
 
 from ria_kernels import sparse_linear as sl  # noqa: E402
 from ria_kernels.ops import sparse_mm  # noqa: E402
@@ -51,7 +62,12 @@ MODELS = {
 }
 TOKENS = (1, 16, 128, 1024, 4096, 16384)
 QUICK_TOKENS = (1, 16, 1024)
+# The paper's Table 5: LLaMA2 modules at batch 8 x sequence 128 = 1024 tokens per linear.
+TABLE5_MODELS = ("llama2-7b", "llama2-13b")
+TABLE5_TOKENS = (1024,)
 BACKENDS = ("cusparselt", "cutlass", "torch_cslt", "torch_cutlass", "dispatched")
+BASELINES = ("torch_cslt", "torch_cutlass")  # torch's own 2:4 paths: skipped (with the reason) if they raise
+SHAPE_MULTIPLE = 64  # N and K of every case: the strictest kernel limit (CUTLASS sm80: N % 32, K % 64)
 # ||y - ref|| / ||ref|| a backend must meet before it is timed
 REL_TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -103,13 +119,24 @@ def shape_runners(w: torch.Tensor) -> tuple[dict, dict]:
             skipped[name] = f"{type(exc).__name__}: {exc}"
             continue
         runners[name] = lambda x, t, ws=ws: F.linear(x, ws)
-    module = sl.SparseLinear(w, None)  # automatic mode over every available backend
+    module = sl.SparseLinear(w, None, memory="fast")  # automatic: compact kernel + the tensor-core copy where faster
 
     def dispatched(x, t):
         return module(x)
     dispatched.module = module
     runners["dispatched"] = dispatched
     return runners, skipped
+
+
+def checked_first_call(name: str, fn, x: torch.Tensor, t: int) -> tuple[torch.Tensor | None, str | None]:
+    """A backend's first output at this T, or ``(None, reason)`` when a torch baseline raises
+    (e.g. torch's CUTLASS 2:4 ops on compute capability 9.0). Our own backends' errors propagate."""
+    if name not in BASELINES:
+        return fn(x, t), None
+    try:
+        return fn(x, t), None
+    except (RuntimeError, NotImplementedError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def bench_shape(model, group, modules, n, k, tokens, dtype, rows, failures, warmup, rep):
@@ -130,8 +157,14 @@ def bench_shape(model, group, modules, n, k, tokens, dtype, rows, failures, warm
         row["dense_tflops"] = flops / (row["dense_ms"] * 1e-3) / 1e12
         module.tune([t], remeasure=True)  # the dispatcher measures its candidates at this bucket (outside timing)
         row["dispatched_choice"] = module.backend_for(t)
-        for name, fn in runners.items():
-            err = rel_err(fn(x, t), ref)
+        for name, fn in list(runners.items()):
+            y, why = checked_first_call(name, fn, x, t)
+            if y is None:
+                print(f"  {model} {group} T={t}: {name} skipped: {why}")
+                skipped[name] = why
+                del runners[name]  # it raises for this weight at every T
+                continue
+            err = rel_err(y, ref)
             row[f"{name}_err"] = err
             if err > REL_TOL[dtype]:
                 failures.append(f"{model} {group} T={t} {name}: relative error {err:.3e} > {REL_TOL[dtype]:.0e}")
@@ -143,6 +176,8 @@ def bench_shape(model, group, modules, n, k, tokens, dtype, rows, failures, warm
             row[f"{name}_tflops"] = flops / (ms * 1e-3) / 1e12
         if "cusparselt" in runners:
             row["cusparselt_config"] = runners["cusparselt"].configs.get(t)
+        for name, why in skipped.items():
+            row[f"{name}_skipped"] = why
         rows.append(row)
         print({c: (round(v, 4) if isinstance(v, float) else v) for c, v in row.items()
                if c in ("model", "group", "tokens", "dense_ms", "dispatched_choice") or c.endswith("_speedup")},
@@ -208,31 +243,49 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results", help="folder for modules.json / modules.png")
     ap.add_argument("--quick", action="store_true", help=f"token counts {QUICK_TOKENS} instead of {TOKENS}")
-    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    ap.add_argument("--table5", action="store_true",
+                    help=f"the paper's Table 5: models {', '.join(TABLE5_MODELS)} at {TABLE5_TOKENS[0]} tokens "
+                         "(batch 8 x sequence 128)")
+    ap.add_argument("--tokens", type=int, nargs="+", help="token counts (overrides --quick / --table5's)")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="default: all (--table5: 7B and 13B)")
     ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
     ap.add_argument("--warmup", type=int, default=10, help="do_bench warmup (ms)")
     ap.add_argument("--rep", type=int, default=50, help="do_bench measurement time (ms)")
+    add_dry_run_argument(ap)
     args = ap.parse_args()
+    models = args.models or list(TABLE5_MODELS if args.table5 else MODELS)
+    tokens = tuple(args.tokens or (TABLE5_TOKENS if args.table5 else QUICK_TOKENS if args.quick else TOKENS))
+    if min(tokens) < 1 or args.warmup < 0 or args.rep < 1:
+        ap.error("--tokens must be >= 1, --warmup >= 0, --rep >= 1")
+    cases = [f"{model} {group} ({'/'.join(mods)}) N={n} K={k} T={t} {args.dtype}"
+             for model in models for group, mods, n, k in MODELS[model] for t in tokens]
+    bad = [f"{m} {g} [{n}x{k}]" for m in models for g, _, n, k in MODELS[m] if n % SHAPE_MULTIPLE or k % SHAPE_MULTIPLE]
+    if bad:
+        ap.error(f"shapes not multiples of {SHAPE_MULTIPLE}: {', '.join(bad)}")
+    if args.dry_run:
+        return dry_run_plan("bench_modules", cases, ["modules.json", "modules.png"])
     if not torch.cuda.is_available():
         print("bench_modules: needs a CUDA GPU (this machine has none); nothing measured")
         return 1
     dtype = getattr(torch, args.dtype)
-    tokens = QUICK_TOKENS if args.quick else TOKENS
     out = Path(args.out)
-    # the dispatcher's measurements of this run go next to the results, not into ~/.cache
-    sl.set_tune_table(sl.TuneTable(out / "modules_sparse_linear_tune.json"))
+    # the dispatcher's measurements of this run: a scratch table, stored inside modules.json at the end
+    # (one JSON per benchmark), not in ~/.cache
+    tune_path = Path(tempfile.mkdtemp(prefix="bench_modules_")) / "sparse_linear_tune.json"
+    sl.set_tune_table(sl.TuneTable(tune_path))
     print(f"extension: {sparse_mm.extension_status()}; cuSPARSELt (ours) {sparse_mm.cslt_version()}, "
           f"torch's {torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available() else None}")
     rows: list[dict] = []
     failures: list[str] = []
-    for model in args.models:
+    for model in models:
         for group, modules, n, k in MODELS[model]:
             bench_shape(model, group, modules, n, k, tokens, dtype, rows, failures, args.warmup, args.rep)
             torch.cuda.empty_cache()  # this shape's weights and compressed copies are gone with its frame
     acc = acceptance(rows)
     extra = {"acceptance": acc, "failures": failures, "extension_status": sparse_mm.extension_status(),
              "torch_cusparselt": torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available()
-             else None, "flops_note": "TFLOP/s are dense-equivalent: 2*T*N*K / time"}
+             else None, "flops_note": "TFLOP/s are dense-equivalent: 2*T*N*K / time",
+             "table5": args.table5, "tune_table": json.loads(tune_path.read_text()) if tune_path.exists() else None}
     write_rows(out, "modules", rows, extra)
     print_table(rows, ["model", "group", "tokens", "dense_ms"] + [f"{b}_speedup" for b in BACKENDS]
                 + ["dispatched_choice"])

@@ -18,13 +18,23 @@
 //    T is therefore padded to a multiple of 8 ONLY when T % 8 != 0 (one zero-padded copy of x; y is
 //    then a contiguous narrow of the padded result, no copy). Aligned T never copies.
 //  * Caching: plans (matrix + matmul descriptors, algorithm selection, plan, workspace size) are cached
-//    per (device, T_padded, N, K, dtype, has_bias, has_alpha, alg_id, split_k, split_k_mode, bias ptr)
-//    in an LRU of kMaxPlans entries. The bias pointer is part of the key because cuSPARSELt bakes it
-//    into the matmul descriptor before plan init. Searched configs (cusparseLtMatmulSearch, run on first
-//    use with alg_id = -1) are cached per (device, T_padded, N, K, dtype, has_bias, has_alpha).
+//    per (device, T_padded, N, K, dtype, has_bias, has_alpha, alg_id, split_k, split_k_mode, bias ptr,
+//    handle) in an LRU of kMaxPlans entries. The bias pointer is part of the key because cuSPARSELt bakes
+//    it into the matmul descriptor before plan init; the handle because handles are per thread (below).
+//  * Search (cusparseLtMatmulSearch, by cslt_search or on first use with alg_id = -1): the searched plan
+//    itself goes into the plan cache under the config it reports, so a later call with that config (and
+//    the same bias pointer, on the same thread) runs exactly the kernel that won. The full searched config
+//    (alg id, split-K factor, split-K mode AND split-K buffers) is kept per (device, T_padded, N, K, dtype,
+//    has_bias, has_alpha); a plan built for that shape and (alg id, split_k, mode) elsewhere (another bias
+//    pointer or thread) replays every one of those attributes. The public config is the 3-tuple
+//    [alg_id, split_k, split_k_mode]; in a process that has not searched the shape, split-K buffers are
+//    cuSPARSELt's default for that config.
 //    Workspace comes from the CUDA caching allocator on the current stream every call.
-//  * One cuSPARSELt handle per device, created lazily and never destroyed (destroying at process exit
-//    can race with CUDA context teardown).
+//  * CUDA graphs: plan init and search refuse to run while the current stream is capturing
+//    (ria_capture.h); a capture replays plans made eagerly before it. compress refuses too (it syncs).
+//  * One cuSPARSELt handle per (thread, device), as PyTorch does (a handle shared by threads gave
+//    cuSPARSELt internal errors there). Created lazily and never destroyed: plans in the process-wide
+//    cache keep using them, and destroying at exit can race with CUDA context teardown.
 //  * The compressed weight is an opaque uint8 buffer (cusparseLtSpMMACompress2); its size is checked
 //    against the plan's expected compressed size. It does not record its dtype: it must come from
 //    cslt_compress of a weight with x's dtype.
@@ -33,6 +43,7 @@
 #include "ria_common.h"
 #include "ria_ops.h"
 
+#include <algorithm>
 #include <array>
 #include <list>
 #include <memory>
@@ -63,18 +74,16 @@ constexpr int64_t kDenseMultiple = 8;        // 16-bit dense matrix rows/cols
 constexpr uint32_t kAlignmentBytes = 16;
 
 // ---- handles ---------------------------------------------------------------------------------
-std::mutex g_handle_mutex;
-std::unordered_map<int, std::unique_ptr<cusparseLtHandle_t>> g_handles;
-
-// Caller holds a CUDAGuard for `device` (the handle binds to the current device at init).
+// Caller holds a CUDAGuard for `device` (the handle binds to the current device at init). Thread-local,
+// so no lock; leaked on purpose (see the header comment).
 cusparseLtHandle_t* handle_for(int device) {
-  std::lock_guard<std::mutex> lock(g_handle_mutex);
-  auto it = g_handles.find(device);
-  if (it != g_handles.end()) return it->second.get();
+  thread_local std::unordered_map<int, cusparseLtHandle_t*> handles;
+  auto it = handles.find(device);
+  if (it != handles.end()) return it->second;
   auto h = std::make_unique<cusparseLtHandle_t>();
   RIA_CUSPARSELT_CHECK(cusparseLtInit(h.get()));
-  auto* raw = h.get();
-  g_handles.emplace(device, std::move(h));
+  auto* raw = h.release();
+  handles.emplace(device, raw);
   return raw;
 }
 
@@ -97,7 +106,11 @@ struct ShapeKey {
 struct Config {
   int alg_id = 0;
   int split_k = 1;
-  int split_k_mode = 0;  // cusparseLtSplitKMode_t as int; only applied when split_k > 1
+  int split_k_mode = 0;      // cusparseLtSplitKMode_t as int; only applied when split_k > 1
+  int split_k_buffers = -1;  // CUSPARSELT_MATMUL_SPLIT_K_BUFFERS; -1 = cuSPARSELt's default; split_k > 1 only
+  bool same_kernel_choice(const Config& o) const {
+    return alg_id == o.alg_id && split_k == o.split_k && (split_k <= 1 || split_k_mode == o.split_k_mode);
+  }
 };
 
 using KeyArray = std::array<int64_t, 12>;
@@ -116,9 +129,10 @@ KeyArray shape_key(const ShapeKey& s) {
   return {s.device, s.t, s.n, s.k, s.dtype, s.has_bias, s.has_alpha, 0, 0, 0, 0, 0};
 }
 
-KeyArray plan_key(const ShapeKey& s, const Config& c, const void* bias_ptr) {
+KeyArray plan_key(const ShapeKey& s, const Config& c, const void* bias_ptr, const cusparseLtHandle_t* h) {
   return {s.device, s.t, s.n, s.k, s.dtype, s.has_bias, s.has_alpha, c.alg_id, c.split_k,
-          c.split_k > 1 ? c.split_k_mode : 0, static_cast<int64_t>(reinterpret_cast<uintptr_t>(bias_ptr)), 1};
+          c.split_k > 1 ? c.split_k_mode : 0, static_cast<int64_t>(reinterpret_cast<uintptr_t>(bias_ptr)),
+          static_cast<int64_t>(reinterpret_cast<uintptr_t>(h))};
 }
 
 // ---- plan ------------------------------------------------------------------------------------
@@ -200,6 +214,11 @@ std::shared_ptr<Plan> build_plan(cusparseLtHandle_t* h, const ShapeKey& s, const
       auto mode = static_cast<cusparseLtSplitKMode_t>(config->split_k_mode);
       RIA_CUSPARSELT_CHECK(
           cusparseLtMatmulAlgSetAttribute(h, &p->alg_sel, CUSPARSELT_MATMUL_SPLIT_K_MODE, &mode, sizeof(mode)));
+      if (config->split_k_buffers > 0) {  // the searched value, replayed (else cuSPARSELt's default)
+        int buffers = config->split_k_buffers;
+        RIA_CUSPARSELT_CHECK(cusparseLtMatmulAlgSetAttribute(h, &p->alg_sel, CUSPARSELT_MATMUL_SPLIT_K_BUFFERS,
+                                                             &buffers, sizeof(buffers)));
+      }
     }
     p->config = *config;
   }
@@ -230,9 +249,25 @@ Caches& caches() {
   return *c;
 }
 
-std::shared_ptr<Plan> get_plan(cusparseLtHandle_t* h, const ShapeKey& s, const Config& cfg, const void* bias_ptr) {
+// Caller holds c.mutex. Inserts (or replaces) `key`, evicting the least recently used beyond kMaxPlans.
+void insert_plan_locked(Caches& c, const KeyArray& key, std::shared_ptr<Plan> plan) {
+  auto it = c.plans.find(key);
+  if (it != c.plans.end()) {
+    c.lru.erase(it->second.second);
+    c.plans.erase(it);
+  }
+  c.lru.push_front(key);
+  c.plans.emplace(key, std::make_pair(std::move(plan), c.lru.begin()));
+  while (c.plans.size() > kMaxPlans) {
+    c.plans.erase(c.lru.back());  // in-flight users keep their shared_ptr alive
+    c.lru.pop_back();
+  }
+}
+
+std::shared_ptr<Plan> get_plan(cusparseLtHandle_t* h, const ShapeKey& s, Config cfg, const void* bias_ptr,
+                               cudaStream_t stream) {
   auto& c = caches();
-  const KeyArray key = plan_key(s, cfg, bias_ptr);
+  const KeyArray key = plan_key(s, cfg, bias_ptr, h);
   {
     std::lock_guard<std::mutex> lock(c.mutex);
     auto it = c.plans.find(key);
@@ -241,18 +276,19 @@ std::shared_ptr<Plan> get_plan(cusparseLtHandle_t* h, const ShapeKey& s, const C
       ++c.hits;
       return it->second.first;
     }
+    // The same kernel choice as this shape's search: replay its split-K buffers too.
+    auto sit = c.configs.find(shape_key(s));
+    if (cfg.split_k_buffers < 0 && sit != c.configs.end() && sit->second.same_kernel_choice(cfg)) {
+      cfg.split_k_buffers = sit->second.split_k_buffers;
+    }
   }
+  check_not_capturing(stream, "cuSPARSELt plan init (cusparseLtMatmulPlanInit) for a new shape/config/bias");
   auto plan = build_plan(h, s, &cfg, bias_ptr, /*for_search=*/false);  // outside the lock: may throw
   std::lock_guard<std::mutex> lock(c.mutex);
   ++c.misses;
   auto it = c.plans.find(key);
   if (it != c.plans.end()) return it->second.first;  // another thread built it meanwhile
-  c.lru.push_front(key);
-  c.plans.emplace(key, std::make_pair(plan, c.lru.begin()));
-  while (c.plans.size() > kMaxPlans) {
-    c.plans.erase(c.lru.back());  // in-flight users keep their shared_ptr alive
-    c.lru.pop_back();
-  }
+  insert_plan_locked(c, key, plan);
   return plan;
 }
 
@@ -297,9 +333,11 @@ void check_compressed_size(const Plan& plan, const at::Tensor& compressed, int64
               "compressed weight");
 }
 
-// Runs cusparseLtMatmulSearch on a default-algorithm plan and returns the winning config.
+// Runs cusparseLtMatmulSearch on a default-algorithm plan and returns the winning config; the searched
+// plan itself is cached under that config (see the header comment).
 Config run_search(cusparseLtHandle_t* h, const Prepared& p, const at::Tensor& compressed, const void* bias_ptr,
                   const void* alpha_ptr, at::Tensor& y_pad, cudaStream_t stream) {
+  check_not_capturing(stream, "cuSPARSELt algorithm search (cusparseLtMatmulSearch)");
   auto plan = build_plan(h, p.shape, nullptr, bias_ptr, /*for_search=*/true);
   check_compressed_size(*plan, compressed, p.shape.n, p.shape.k);
   auto workspace = c10::cuda::CUDACachingAllocator::get()->allocate(plan->workspace_size);
@@ -317,10 +355,19 @@ Config run_search(cusparseLtHandle_t* h, const Prepared& p, const at::Tensor& co
   RIA_CUSPARSELT_CHECK(cusparseLtMatmulAlgGetAttribute(h, &plan->alg_sel, CUSPARSELT_MATMUL_SPLIT_K_MODE, &mode,
                                                        sizeof(mode)));
   cfg.split_k_mode = static_cast<int>(mode);
+  RIA_CUSPARSELT_CHECK(cusparseLtMatmulAlgGetAttribute(h, &plan->alg_sel, CUSPARSELT_MATMUL_SPLIT_K_BUFFERS,
+                                                       &cfg.split_k_buffers, sizeof(cfg.split_k_buffers)));
+  plan->config = cfg;
+  // The search updated the plan's algorithm; its workspace need may have changed with it.
+  size_t workspace_after = 0;
+  RIA_CUSPARSELT_CHECK(cusparseLtMatmulGetWorkspace(h, &plan->plan, &workspace_after));
+  plan->workspace_size = std::max(plan->workspace_size, workspace_after);
   auto& c = caches();
   std::lock_guard<std::mutex> lock(c.mutex);
   ++c.searches;
+  ++c.misses;  // a plan was built
   c.configs[shape_key(p.shape)] = cfg;
+  insert_plan_locked(c, plan_key(p.shape, cfg, bias_ptr, h), plan);
   return cfg;
 }
 
@@ -354,6 +401,7 @@ at::Tensor compress(const at::Tensor& weight) {
   const c10::cuda::CUDAGuard guard(weight.device());
   cusparseLtHandle_t* h = handle_for(weight.get_device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(weight.get_device()).stream();
+  check_not_capturing(stream, "cslt_compress (it checks the 2:4 pattern on the host)");
 
   cusparseLtMatDescriptor_t desc;
   init_structured(h, &desc, n, k, cuda_type(weight.scalar_type()));
@@ -423,7 +471,7 @@ at::Tensor mm(const at::Tensor& x, const at::Tensor& compressed, int64_t out_fea
     cfg.split_k_mode = static_cast<int>(split_k_mode);
   }
 
-  auto plan = get_plan(h, p.shape, cfg, bias_ptr);
+  auto plan = get_plan(h, p.shape, cfg, bias_ptr, stream);
   check_compressed_size(*plan, compressed, p.shape.n, p.shape.k);
   auto workspace = c10::cuda::CUDACachingAllocator::get()->allocate(plan->workspace_size);
   const float one = 1.0f, zero = 0.0f;

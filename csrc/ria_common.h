@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <string>
 
+#include "ria_capture.h"
+
 #define RIA_CUDA_CHECK(expr)                                                        \
   do {                                                                              \
     cudaError_t ria_err_ = (expr);                                                  \
@@ -70,6 +72,14 @@ inline void check_epilogue(const std::optional<at::Tensor>& bias, const std::opt
     TORCH_CHECK(a.scalar_type() == at::kFloat, "alpha must be float32, got ", a.scalar_type());
     TORCH_CHECK(a.is_contiguous(), "alpha must be contiguous");
   }
+}
+
+// Raises (see ria_capture.h) when `stream` is capturing; `what` names the work that may not be captured.
+inline void check_not_capturing(cudaStream_t stream, const char* what) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  RIA_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  const std::string refusal = capture_refusal(status, what);
+  TORCH_CHECK(refusal.empty(), refusal);
 }
 
 inline bool aligned_to(const void* p, size_t bytes) {

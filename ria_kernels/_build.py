@@ -13,8 +13,15 @@ holding ``cutlass/cutlass.h`` or ``include/cutlass/cutlass.h``) or the installed
 ``nvidia-cutlass`` wheel (``cutlass_library/source/include``). Either may be missing: the
 extension then builds without it and its ``*_available()`` op says False.
 
+cuSPARSELt 0.8.x's ``cusparseLt.h`` includes ``cusparse.h`` (0.10.x falls back to a stub), which
+the CUDA 13 wheels keep in ``nvidia/cu13/include`` (``nvidia-cusparse``), the cu12 wheels in
+``nvidia/cusparse/include``, a toolkit in ``$CUDA_HOME/include``: :func:`find_cusparse_include`
+adds that folder; a header that needs it when none is found builds without cuSPARSELt, with a
+warning that says so.
+
 GPU architectures: ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"8.0;9.0"``; a trailing ``+PTX`` adds
-PTX), else the visible GPUs. ``9.0`` is compiled as ``sm_90a`` (the CUTLASS sm90 sparse kernel in
+PTX), else the visible GPUs. Entries below 8.0 (an inherited list for older GPUs) are dropped
+with a log line: 2:4 sparse tensor cores need compute capability 8.0. ``9.0`` is compiled as ``sm_90a`` (the CUTLASS sm90 sparse kernel in
 ``csrc/cutlass_sparse_sm90.cu`` needs the arch-specific wgmma.sp; an sm_90a cubin runs on the same
 devices as an sm_90 one), and any sm_90a target adds ``-DRIA_WITH_SM90A`` so that kernel is
 instantiated; without one it compiles to a stub (``cutlass90_available()`` is False). torch's
@@ -94,6 +101,58 @@ def find_cusparselt() -> CuSparseLt | None:
     return None
 
 
+def _cuda_home() -> str | None:
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+    except Exception:  # torch not importable (e.g. pip's isolated build environment)
+        CUDA_HOME = None
+    return CUDA_HOME or ("/usr/local/cuda" if os.path.isdir("/usr/local/cuda") else None)
+
+
+def cusparselt_needs_cusparse_h(cslt: CuSparseLt) -> bool:
+    """Whether ``cusparseLt.h`` includes ``cusparse.h`` unconditionally (0.8.x does; 0.10.x guards
+    it with ``__has_include`` and falls back to its own stub)."""
+    try:
+        with open(os.path.join(cslt.include_dir, "cusparseLt.h"), errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return False
+    includes = [line.strip() for line in text.splitlines() if line.strip().startswith("#")
+                and "include" in line and "cusparse.h" in line]
+    return bool(includes) and "__has_include" not in text
+
+
+def cusparselt_header_version(cslt: CuSparseLt) -> str | None:
+    """``"major.minor.patch"`` from ``cusparseLt.h``'s ``CUSPARSELT_VER_*`` defines (before any build)."""
+    import re
+    try:
+        with open(os.path.join(cslt.include_dir, "cusparseLt.h"), errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    parts = [re.search(rf"#define\s+CUSPARSELT_VER_{name}\s+(\d+)", text) for name in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(m.group(1) for m in parts) if all(parts) else None
+
+
+def find_cusparse_include(cslt: CuSparseLt | None = None) -> str | None:
+    """The folder holding ``cusparse.h``: next to ``cusparseLt.h``, then the CUDA wheels'
+    layouts (cu13: ``nvidia/cu13/include``; cu12: ``nvidia/cusparse/include``), then
+    ``$CUDA_HOME/include``; ``None`` when there is none."""
+    candidates = [cslt.include_dir] if cslt is not None else []
+    for site in _site_dirs():
+        candidates += [os.path.join(site, "nvidia", sub, "include") for sub in ("cu13", "cusparse", "cu12")]
+    home = _cuda_home()
+    if home:
+        candidates += [os.path.join(home, "include"), os.path.join(home, "targets", "x86_64-linux", "include")]
+    for inc in candidates:
+        if os.path.isfile(os.path.join(inc, "cusparse.h")):
+            return inc
+    return None
+
+
 def _cutlass_in(root: str) -> str | None:
     for inc in (root, os.path.join(root, "include")):
         if os.path.isfile(os.path.join(inc, "cutlass", "cutlass.h")):
@@ -131,13 +190,17 @@ def cuda_arch_list() -> list[str]:
 
 
 def gencode_flags(archs: list[str] | None = None) -> list[str]:
-    """nvcc ``-gencode`` flags. Sparse tensor cores (mma.sp) need sm_80 or newer.
+    """nvcc ``-gencode`` flags. Sparse tensor cores (mma.sp) need sm_80 or newer: entries below
+    8.0 are dropped with a log line (an inherited ``TORCH_CUDA_ARCH_LIST`` often lists older
+    GPUs); a list with nothing at 8.0 or above raises ``ValueError``.
 
     ``9.0`` becomes an ``sm_90a`` cubin (the sm90 sparse collective's wgmma.sp is arch-specific);
     ``9.0+PTX`` adds portable ``compute_90`` PTX (``compute_90a`` PTX would only run on 9.0 devices),
     while ``9.0a+PTX`` keeps ``compute_90a`` PTX as asked."""
     flags: list[str] = []
-    for entry in archs if archs is not None else cuda_arch_list():
+    entries = archs if archs is not None else cuda_arch_list()
+    dropped: list[str] = []
+    for entry in entries:
         ptx = entry.endswith("+PTX")
         arch = entry[: -len("+PTX")] if ptx else entry
         num = arch.replace(".", "")
@@ -145,13 +208,24 @@ def gencode_flags(archs: list[str] | None = None) -> list[str]:
         if not digits.isdigit():
             raise ValueError(f"TORCH_CUDA_ARCH_LIST entry {entry!r} is not like '8.0', '9.0a' or '9.0+PTX'")
         if int(digits) < 80:
-            raise ValueError(f"TORCH_CUDA_ARCH_LIST entry {entry!r}: 2:4 sparse tensor cores need compute "
-                             "capability >= 8.0")
+            dropped.append(entry)
+            continue
         cubin = "90a" if num == "90" else num
         flags.append(f"-gencode=arch=compute_{cubin},code=sm_{cubin}")
         if ptx:
             flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    if dropped:
+        _note(f"dropping CUDA arch(s) {', '.join(dropped)} from {';'.join(entries)}: 2:4 sparse tensor cores "
+              "need compute capability >= 8.0")
+    if not flags:
+        raise ValueError(f"TORCH_CUDA_ARCH_LIST {';'.join(entries)!r} has no entry >= 8.0 (2:4 sparse tensor "
+                         "cores need compute capability >= 8.0); set it to e.g. '9.0' or '8.0;9.0'")
     return flags
+
+
+def _note(message: str) -> None:
+    """One build log line on stderr (setup.py and the JIT build both show stderr)."""
+    print(f"ria-kernels: {message}", file=sys.stderr)
 
 
 def targets_sm90a(flags: list[str]) -> bool:
@@ -170,9 +244,17 @@ def _build_args() -> dict:
     include_dirs = [CSRC]
     ldflags: list[str] = []
     cslt = find_cusparselt()
+    cusparse_inc = find_cusparse_include(cslt) if cslt is not None else None
+    if cslt is not None and cusparse_inc is None and cusparselt_needs_cusparse_h(cslt):
+        _note(f"WARNING: building WITHOUT cuSPARSELt: {cslt.include_dir}/cusparseLt.h includes cusparse.h, which "
+              "is in none of nvidia/cu13/include, nvidia/cusparse/include, $CUDA_HOME/include (install "
+              "nvidia-cusparse for your CUDA, or set CUDA_HOME)")
+        cslt = None
     if cslt is not None:
         defines.append("-DRIA_WITH_CUSPARSELT")
         include_dirs.append(cslt.include_dir)
+        if cusparse_inc is not None and cusparse_inc not in include_dirs:
+            include_dirs.append(cusparse_inc)
         # The wheels ship only libcusparseLt.so.0 (no unversioned link name), hence -l:<file>;
         # the rpath lets the .so load without LD_LIBRARY_PATH.
         ldflags += [f"-L{cslt.lib_dir}", f"-l:{cslt.lib_file}", f"-Wl,-rpath,{cslt.lib_dir}"]
@@ -298,6 +380,7 @@ def _print_env() -> None:
     """Shell assignments for scripts/check_csrc.sh (empty value = not found)."""
     cslt = find_cusparselt()
     print(f"CSLT_INC={cslt.include_dir if cslt else ''}")
+    print(f"CUSPARSE_INC={find_cusparse_include(cslt) or ''}")
     print(f"CUTLASS_INC={find_cutlass() or ''}")
 
 

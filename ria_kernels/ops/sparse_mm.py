@@ -64,6 +64,10 @@ def load_ops() -> bool:
         if mod is None:
             status = getattr(_build, "extension_status", None)
             _state["reason"] = status() if callable(status) else "extension not built"
+            # A GPU machine without its 2:4 kernels is worth a warning, not just a debug line.
+            logger.warning("ria_kernels: CUDA is available but the extension ria_kernels._C is not usable (%s); "
+                           "the cuSPARSELt/CUTLASS 2:4 backends are off. Build it with "
+                           "`pip install --no-build-isolation -e .`", _state["reason"])
             return False
         _state["module"] = mod
         _state["reason"] = "loaded"

@@ -1,5 +1,8 @@
 """The 2:4 sparse matmul ops of the CUDA extension: reference, wrappers' checks, fake
 implementations (CPU, with a scratch op namespace), and every op on the GPU."""
+import os
+import shutil
+import subprocess
 import sys
 import types
 
@@ -112,15 +115,19 @@ def test_loader_reports_missing_build_module(fresh_loader, monkeypatch):
 
 
 @pytest.mark.skipif(CUDA, reason="fakes a CUDA machine without the extension")
-def test_loader_reports_unbuilt_extension(fresh_loader, monkeypatch):
+def test_loader_reports_unbuilt_extension(fresh_loader, monkeypatch, caplog):
     fake = types.ModuleType("ria_kernels._build")
     fake.load_extension = lambda: None
     fake.extension_status = lambda: "not built: nvcc missing"
     monkeypatch.setitem(sys.modules, "ria_kernels._build", fake)
     import ria_kernels
     monkeypatch.setattr(ria_kernels, "_build", fake, raising=False)
-    assert not sparse_mm.load_ops()
+    with caplog.at_level("WARNING", logger="ria_kernels"):
+        assert not sparse_mm.load_ops()
     assert sparse_mm.extension_status() == "not built: nvcc missing"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "CUDA is available but the extension" in warned[0]
+    assert "pip install --no-build-isolation -e ." in warned[0]
     with pytest.raises(BackendUnavailableError, match="nvcc missing"):
         sparse_mm.cslt_cache_stats()
 
@@ -184,6 +191,50 @@ def test_fake_impls_under_torch_compile(scratch_ops):
     for t in (3, 9):
         x = torch.randn(t, 64)
         torch.testing.assert_close(cf(x), 2 * sparse_mm_reference(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ capture refusal seam (C++, CPU)
+_CAPTURE_TEST = r"""
+#include "ria_capture.h"
+#include <cstdio>
+int main() {
+  const char* what = "cuSPARSELt plan init";
+  std::string none = ria::capture_refusal(cudaStreamCaptureStatusNone, what);
+  std::string active = ria::capture_refusal(cudaStreamCaptureStatusActive, what);
+  std::string invalid = ria::capture_refusal(cudaStreamCaptureStatusInvalidated, what);
+  std::printf("none=[%s]\nactive=[%s]\ninvalidated=[%s]\n", none.c_str(), active.c_str(), invalid.c_str());
+  return 0;
+}
+"""
+
+
+def _cuda_include_dir():
+    from torch.utils.cpp_extension import CUDA_HOME
+    for home in (os.environ.get("CUDA_HOME"), CUDA_HOME, "/usr/local/cuda"):
+        if home and os.path.isfile(os.path.join(home, "include", "driver_types.h")):
+            return os.path.join(home, "include")
+    return None
+
+
+def test_capture_refusal_decision_compiled_on_cpu(tmp_path):
+    """csrc/ria_capture.h: the decision the C++ ops make before plan init / search / compress while the
+    stream is capturing, compiled with the host compiler and the CUDA headers and run on the CPU."""
+    cxx, inc = shutil.which("g++") or shutil.which("c++"), _cuda_include_dir()
+    if cxx is None or inc is None:
+        pytest.skip("needs a host C++ compiler and the CUDA toolkit headers (driver_types.h)")
+    src, exe = tmp_path / "capture_test.cpp", tmp_path / "capture_test"
+    src.write_text(_CAPTURE_TEST)
+    csrc = os.path.join(os.path.dirname(sparse_mm.__file__), "..", "..", "csrc")
+    subprocess.run([cxx, "-std=c++17", "-I", csrc, "-I", inc, str(src), "-o", str(exe)], check=True,
+                   capture_output=True, timeout=120)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30).stdout
+    lines = dict(line.split("=", 1) for line in out.splitlines())
+    assert lines["none"] == "[]"  # not capturing: plan init / search may run
+    for state, phrase in (("active", "is being captured into a CUDA graph"),
+                          ("invalidated", "invalidated CUDA-graph capture")):
+        msg = lines[state]
+        assert msg.startswith("[ria_kernels: cuSPARSELt plan init cannot run while the current CUDA stream ")
+        assert phrase in msg and "before capturing" in msg and "\n" not in msg
 
 
 # --------------------------------------------------------------------------- GPU
@@ -280,3 +331,59 @@ def test_ops_in_cuda_graph(op):
     new_x = torch.randn_like(x)
     static_y = cuda_graph_replay(fn, x.clone(), new_x)  # the plan is created in the warm-up, outside capture
     assert_rel_close(static_y, sparse_mm_reference(new_x, w, b), torch.float16)
+
+
+@needs_cuda
+def test_cslt_search_caches_the_searched_plan_itself():
+    """cslt_search's plan is the one a call with the returned config runs (no second plan init, so split-K
+    buffers and every other searched attribute are the ones that won)."""
+    _skip_unless("cusparselt")
+    w, x, b = _case(256, torch.float16, True, seed=11)
+    comp = sparse_mm.cslt_compress(w)
+    sparse_mm.cslt_clear_cache()
+    cfg = sparse_mm.cslt_search(x, comp, w.shape[0], b, None)
+    assert sparse_mm.cslt_cache_stats() == (0, 1, 1)  # the search built one plan
+    y = sparse_mm.cslt_mm(x, comp, w.shape[0], b, None, cfg)
+    assert sparse_mm.cslt_cache_stats() == (1, 1, 1), "the explicit searched config must reuse the searched plan"
+    assert_rel_close(y, sparse_mm_reference(x, w, b), torch.float16)
+    sparse_mm.cslt_mm(x, comp, w.shape[0], b)  # alg -1: the cached searched config, same plan
+    assert sparse_mm.cslt_cache_stats() == (2, 1, 1)
+
+
+@needs_cuda
+def test_cslt_refuses_plan_init_and_search_inside_capture():
+    _skip_unless("cusparselt")
+    w, x, b = _case(24, torch.float16, True, seed=13)
+    comp = sparse_mm.cslt_compress(w)
+    sparse_mm.cslt_clear_cache()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for config in (sparse_mm.AUTO_CONFIG, (0, 1, 0)):  # search / plan init for an unseen shape
+            with pytest.raises(RuntimeError, match="is being captured into a CUDA graph"):
+                with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=stream):
+                    sparse_mm.cslt_mm(x, comp, w.shape[0], b, None, config)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert sparse_mm.cslt_cache_stats()[1:] == (0, 0), "nothing may be planned or searched inside capture"
+
+
+@needs_cuda
+def test_cslt_mm_from_several_threads():
+    """Thread-local cuSPARSELt handles: concurrent calls from worker threads match the reference."""
+    import concurrent.futures
+    _skip_unless("cusparselt")
+    w, x, b = _case(64, torch.bfloat16, True, seed=17)
+    comp = sparse_mm.cslt_compress(w)
+    ref = sparse_mm_reference(x, w, b)
+
+    def work(i):
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            ys = [sparse_mm.cslt_mm(x, comp, w.shape[0], b) for _ in range(4)]
+        stream.synchronize()
+        return ys
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for ys in pool.map(work, range(4)):
+            for y in ys:
+                assert_rel_close(y, ref, torch.bfloat16)
