@@ -7,7 +7,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -15,30 +14,30 @@ import torch
 
 
 def environment() -> dict:
-    """Device and versions to stamp on every result file."""
-    env = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-    }
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except Exception:
-        env["triton"] = None
-    try:
-        import transformers
-        env["transformers"] = transformers.__version__
-    except Exception:
-        pass
+    """Device and versions to stamp on every result file (the package versions are the run
+    report's, ``ria_kernels.run_report.versions``)."""
+    from ria_kernels.run_report import versions
+    env = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **versions(),
+           "cuda": torch.version.cuda,
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    if torch.cuda.is_available():
+        env["driver"] = _driver_version()
     try:
         from ria_kernels import _build
         env["cusparselt"] = _build.cusparselt_version()
     except Exception:
         env["cusparselt"] = None
     return env
+
+
+def _driver_version() -> str | None:
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def bench_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float:

@@ -265,18 +265,21 @@ if triton is not None:
         dense = tl.join(tl.join(d0, d2), tl.join(d1, d3))
         return tl.reshape(dense, (BLOCK_N, BLOCK_K))
 
-    @triton.jit
+    # T (tokens) and split_k are run-time values and T is not specialised on (T == 1, T % 16):
+    # one compiled kernel per tile config serves every decode step and every split count, so
+    # generation never stalls on a JIT compile when the batch size changes
+    @triton.jit(do_not_specialize=["T", "split_k"])
     def _sparse24_mm_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                             T, N, K, KV, KM, stride_xt, stride_vn, stride_mn, stride_ot, K_PER_SPLIT, split_stride,
-                            HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+                            split_k, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
                             IEEE: tl.constexpr, META_WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
                             BLOCK_K: tl.constexpr):
         """out[t, n] = sum_k x[t, k] * W[n, k] (+ bias[n]) with W streamed compressed.
 
-        Grid (cdiv(N, BLOCK_N), SPLIT_K, cdiv(T, BLOCK_T)). Each program expands its weight
+        Grid (cdiv(N, BLOCK_N), split_k, cdiv(T, BLOCK_T)). Each program expands its weight
         tiles to dense in registers and feeds ``tl.dot(W_tile [BN, BK], x_tile^T [BK, BT])``
         (tensor cores; at decode the token dim is padded to 16, compute is free there).
-        SPLIT_K > 1: each split stores its fp32 partial tile in ``ws [SPLIT_K, T, N]``, then
+        USE_SPLIT (split_k > 1): each split stores its fp32 partial tile in ``ws [split_k, T, N]``, then
         bumps the tile's counter; the last split to arrive sums the partials in split order
         (deterministic, whatever the arrival order), adds the bias, writes ``out`` and resets
         the counter to 0 for the next launch (one kernel, no memset)."""
@@ -316,7 +319,7 @@ if triton is not None:
                 acc = tl.dot(w, xt, acc)
         out_ptrs = out_ptr + offs_t.to(tl.int64)[None, :] * stride_ot + offs_n[:, None]
         out_ok = n_ok[:, None] & t_ok[None, :]
-        if SPLIT_K == 1:
+        if not USE_SPLIT:
             if HAS_BIAS:
                 acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
             tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_ok)
@@ -329,11 +332,13 @@ if triton is not None:
             # acquire (then .cg loads that bypass L1) sees all partials
             tl.debug_barrier()
             arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-            if arrived == SPLIT_K - 1:
+            if arrived == split_k - 1:
                 total = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-                for s in range(SPLIT_K):
+                s = 0
+                while s < split_k:  # in split order: the sum does not depend on the arrival order
                     total += tl.load(ws_ptr + s * split_stride + ws_tile, mask=out_ok, other=0.0,
                                      cache_modifier=".cg")
+                    s += 1
                 if HAS_BIAS:
                     total += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
                 tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_ok)
@@ -401,7 +406,7 @@ def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
     _sparse24_mm_kernel[grid](
         x2, values, meta, bias if bias is not None else values, y, ws, counters,
         t, n, k, k // 2, meta.shape[1], x2.stride(0), values.stride(0), meta.stride(0), y.stride(0), k_per_split, t * n,
-        HAS_BIAS=bias is not None, SPLIT_K=split, EVEN_K=(k_per_split * split == k),
+        split, HAS_BIAS=bias is not None, USE_SPLIT=split > 1, EVEN_K=(k_per_split * split == k),
         IEEE=x.dtype == torch.float32, META_WORDS=meta_words, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y.reshape(*lead, n)
@@ -418,17 +423,16 @@ AOT_TOKENS = (1, 4, 16, 64, 1024)
 def aot_cases() -> list:
     """``(label, zero-arg callable)`` per representative launch, for the AOT compile gate: each
     callable calls the public :func:`sparse24_mm` with ``backend="triton"`` on uninitialised CPU
-    tensors of a LLaMA2 shape (decode T = 1, 4, 16, 64 and prefill T = 1024; fp16/bf16; with
-    and without bias). The gate's recording hook must stop the kernel from running (and let
+    tensors of a LLaMA2 shape (decode T = 1, 4, 16, 64 and prefill T = 1024; fp16 and bf16
+    without bias, fp16 with bias: the bias path compiles the same for bf16). The gate's recording hook must stop the kernel from running (and let
     the Triton backend be forced on CPU tensors, e.g. by patching
     ``ria_kernels._backend.interpret_mode``)."""
     cases = []
     for n, k in AOT_SHAPES:
         for t in AOT_TOKENS:
-            for dtype in (torch.float16, torch.bfloat16):
-                for has_bias in (False, True):
-                    label = f"sparse24_mm T={t} N={n} K={k} {str(dtype).split('.')[-1]}" + (" bias" if has_bias else "")
-                    cases.append((label, _aot_call(t, n, k, dtype, has_bias)))
+            for dtype, has_bias in ((torch.float16, False), (torch.bfloat16, False), (torch.float16, True)):
+                label = f"sparse24_mm T={t} N={n} K={k} {str(dtype).split('.')[-1]}" + (" bias" if has_bias else "")
+                cases.append((label, _aot_call(t, n, k, dtype, has_bias)))
     return cases
 
 
