@@ -84,7 +84,7 @@ setup(
     extras_require={
         # accelerate: the device_map="auto" offload path is tested; lapx: the lapjv LSA solver is tested
         "test": ["pytest", "accelerate", "lapx>=0.11"],
-        "fast": ["lapx>=0.11"],  # float64 Jonker-Volgenant for the permutation search (3-6x faster than scipy)
+        "fast": ["lapx>=0.11"],  # opt-in exact Jonker-Volgenant LSA solver (RIA_KERNELS_LSA_SOLVER=lapjv)
         "bench": ["matplotlib"],
         "data": ["datasets"],
         "cuda": ["pybind11", "ninja"],

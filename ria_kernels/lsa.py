@@ -30,11 +30,12 @@ column ``cols[k]`` (``rows`` ascending, like scipy). Solvers:
   as scipy; a CUDA tensor is copied to the host and the result back. Measured on one
   round's gain of the permutation search (heavy-tailed 8192x8192 score, 2:4 -> 2048x2048
   gain, loaded 2-core CPU, 2026-11-30): lapjv 4.6 s, scipy 25.3 s, same assignment; at
-  1024x1024: 0.65 s vs 2.0 s. (lapx's float32 mode was faster still, 2.6 s, but picked a
-  different assignment 1e-10 below the optimum at 1024x1024, so it is not used.)
+  1024x1024: 0.65 s vs 2.0 s. Over whole searches on a quiet machine it is slower than scipy
+  (later rounds are harder for it), so it is opt-in. (lapx's float32 mode is faster still but
+  picked assignments 1e-10 to 1.6e-7 (relative) below the optimum, so it is not used.)
 
-* ``None`` / ``"auto"``: ``lapjv`` where ``lapx`` is installed, else ``scipy``, on every
-  device. The auction is opt-in: on a contended 2-core CPU (2048x2048 gain of one search
+* ``None`` / ``"auto"``: ``scipy`` on every device (measured faster than lapjv over whole
+  searches on a quiet CPU, see :func:`resolve_solver`; lapjv won single first rounds under load). The auction is opt-in: on a contended 2-core CPU (2048x2048 gain of one search
   round on a 128x8192 RIA-like score) scipy took 8.9 s, the auction 58 s (55,512 bidding
   iterations, 15 phases, gap 1.5e-11); random 2048x2048: scipy 0.37 s, auction 32 s
   (7,367 iterations). Its GPU time is not measured yet: the structured gains need many
@@ -85,7 +86,10 @@ def lapjv_available() -> bool:
 
 def resolve_solver(gain: torch.Tensor, solver: str | None = None) -> str:
     """The one dispatch point: explicit ``solver``, then ``RIA_KERNELS_LSA_SOLVER``, then
-    ``lapjv`` where ``lapx`` is installed, else ``scipy`` (both exact).
+    ``scipy`` (exact; the automatic choice: on a quiet 2-core CPU, 2026-11-30, the whole
+    8192x8192 2:4 search spent 11.5 s in scipy vs 23.3 s in lapjv, 4096x4096 1.6 s vs 3.0 s,
+    same permutation: ``benchmarks/results/permutation_cpu_acceptance.json``). ``lapjv``
+    (exact too) is opt-in.
 
     The auction stays opt-in: on the permutation search's gain matrices it needed ~55k
     bidding iterations for one 2048x2048 round and ran 7-90x slower than scipy on a CPU
@@ -97,7 +101,7 @@ def resolve_solver(gain: torch.Tensor, solver: str | None = None) -> str:
             raise RiaInputError(f"solver ({source}) must be one of {SOLVERS + ('auto',)} or None, got {forced!r}")
         forced = forced.lower()
     if forced in (None, "auto"):
-        choice = "lapjv" if lapjv_available() else "scipy"
+        choice = "scipy"
     else:
         choice = forced
     if choice == "lapjv" and not lapjv_available():

@@ -165,7 +165,7 @@ def test_bad_inputs():
 def test_dispatch_and_env_override(monkeypatch):
     a = torch.rand(6, 6)
     monkeypatch.delenv("RIA_KERNELS_LSA_SOLVER", raising=False)
-    auto = "lapjv" if lapjv_available() else "scipy"
+    auto = "scipy"
     assert resolve_solver(a) == auto               # auto: exact, lapjv where lapx is installed
     assert resolve_solver(a, "auto") == auto
     assert resolve_solver(a, "AUCTION") == "auction"

@@ -239,7 +239,7 @@ def test_auction_solver_permutation(n, m, r, c, blocks):
 def test_solver_recorded_and_env(monkeypatch):
     s = _score(8, 32, seed=11)
     monkeypatch.delenv("RIA_KERNELS_LSA_SOLVER", raising=False)
-    auto = "lapjv" if lapjv_available() else "scipy"
+    auto = "scipy"
     assert channel_permutation(s, 2, 4).solver == auto      # auto: exact, lapjv where installed
     res = channel_permutation(s, 2, 4, lsa=False)
     assert res.solver is None and res.gain_backend is None
