@@ -9,6 +9,8 @@
   with ``overwrite``); on any exception, KeyboardInterrupt included, it is deleted, so
   an interrupted run never leaves a directory that looks complete.
 - :func:`atomic_write_text` does the same for one file (temporary sibling, fsync, rename).
+- :func:`cache_dir` is where the package keeps what it builds or measures once per machine
+  (the SparseLinear tuning table, the native LSA gain kernel).
 
 Any writer of a run's outputs (``--save``, ``--json``, a compressed checkpoint writer)
 goes through these two functions.
@@ -25,6 +27,12 @@ from typing import Iterator
 from ._errors import RiaInputError
 
 KINDS = ("dir", "file")
+ENV_CACHE_DIR = "RIA_KERNELS_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """``$RIA_KERNELS_CACHE_DIR``, default ``~/.cache/ria_kernels`` (not created here)."""
+    return Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / ".cache" / "ria_kernels")
 
 
 def _same_or_inside(a: Path, b: Path) -> bool:

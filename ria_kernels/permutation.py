@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from ._backend import resolve_backend
 from ._errors import BackendUnavailableError, RiaInputError
+from ._io import cache_dir
 from ._logging import log_once
 from ._validation import check_divisible, check_matrix, check_nm
 from .lsa import linear_sum_assignment, resolve_solver
@@ -273,10 +274,6 @@ class _NativeLib:
         self.path = path
 
 
-def _cache_dir() -> str:
-    return os.environ.get("RIA_KERNELS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ria_kernels")
-
-
 def _cpu_key() -> str:
     """-march=native code is only valid on the CPU it was built for: key the cache by its flags."""
     try:
@@ -306,7 +303,7 @@ def _build_native() -> _NativeLib:
     if not cxx:
         raise BackendUnavailableError("no C++ compiler (set CXX or install g++)")
     key = hashlib.sha256("\0".join((_NATIVE_SRC, cxx, *_NATIVE_FLAGS, _cpu_key())).encode()).hexdigest()[:16]
-    path = os.path.join(_cache_dir(), f"lsa_gain_{key}.so")
+    path = os.path.join(cache_dir(), f"lsa_gain_{key}.so")
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:

@@ -55,7 +55,6 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -65,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._errors import BackendUnavailableError, RiaInputError
+from ._io import ENV_CACHE_DIR, atomic_write_text, cache_dir
 from ._logging import log_once, logger
 from .ops import sparse_mm
 from .ops.sparse24_mm import SUPPORTED_DTYPES as SPARSE24_DTYPES
@@ -80,7 +80,6 @@ FAST_CANDIDATES = ("cusparselt", "cutlass")
 MEMORY_MODES = ("compact", "fast", "dense")
 DEFAULT_MEMORY = "compact"
 ENV_BACKEND = "RIA_KERNELS_SPARSE_BACKEND"
-ENV_CACHE_DIR = "RIA_KERNELS_CACHE_DIR"
 ENV_AUTOTUNE = "RIA_KERNELS_SPARSE_AUTOTUNE"
 # a tensor-core backend must beat the compact kernel by this fraction of its time to be chosen:
 # timing noise must not flip a bucket to a kernel that is in fact as slow or slower
@@ -286,8 +285,7 @@ def choose_backend(requested: str | None, *, device_type: str, unavailable: Mapp
 
 # --------------------------------------------------------------------------- measured table
 def default_cache_path() -> Path:
-    root = os.environ.get(ENV_CACHE_DIR) or os.path.join(os.path.expanduser("~"), ".cache", "ria_kernels")
-    return Path(root) / "sparse_linear.json"
+    return cache_dir() / "sparse_linear.json"
 
 
 class TuneTable:
@@ -345,11 +343,8 @@ class TuneTable:
                 merged.setdefault(sec, {}).update(entries)
             self.data = merged
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sparse_linear.", suffix=".json")
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"version": self.VERSION, "sections": merged}, f, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
+                atomic_write_text(self.path, json.dumps({"version": self.VERSION, "sections": merged}, indent=1,
+                                                        sort_keys=True))
             except OSError as exc:  # a read-only cache dir must not break inference
                 logger.warning("could not write SparseLinear tuning cache %s: %s", self.path, exc)
 
