@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
+from . import _device
 from ._errors import BackendUnavailableError, RiaInputError
 from ._io import cache_dir
 from ._logging import log_once
@@ -387,6 +388,7 @@ if triton is not None:
         tl.store(out_ptr + js[:, None].to(tl.int64) * B + bs[None, :], acc, mask=(js[:, None] < J) & (bs[None, :] < B))
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def _lsa_gain_triton(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     r, j = x.shape
     b = t.shape[1]

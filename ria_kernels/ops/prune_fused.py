@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from .._backend import resolve_backend
+from .. import _device
 from .._errors import RiaInputError
 from .._validation import check_act_norm, check_divisible, parse_sparsity
 from .nm_mask import (join_lanes, nm_keep_tile, nm_mask_reference, split_lanes, nm_tile, nm_tile_offsets, rank_key, rank_scores, threshold_mask,
@@ -155,6 +156,7 @@ if triton is not None:
         tl.store(mask_ptr + out_off, keep, mask=valid)
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def _fused_nm_triton(weight, act_norm, method, a, n, m, out=None, mask_out=None):
     """Pass 1 (RI/RIA only): |W| row/column sums from one read of W and one finishing launch
     (``abs_sum_inverses_triton``). Pass 2: ``_fused_nm_kernel``. Bytes: 2 reads of W + 1 write

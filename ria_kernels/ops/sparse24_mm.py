@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import resolve_backend
+from .. import _device
 from .._errors import RiaInputError
 
 FORMAT_VERSION = 1
@@ -187,8 +188,9 @@ DEFAULT_NUM_SMS = 132  # H100/H200 SXM; used when no CUDA device is queried (CPU
 DECODE_MAX_T = 64
 
 
-def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS) -> Sparse24Config:
-    """The launch heuristic, a pure function of (T, N, K, SM count).
+def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS,
+                  dtype: torch.dtype = torch.float16) -> Sparse24Config:
+    """The launch heuristic, a pure function of (T, N, K, SM count, dtype).
 
     Decode (T <= 64): one tile covers every token (BLOCK_T = T rounded up to a power of 2,
     at least 16 for ``tl.dot``), so each weight byte is read once; BLOCK_N = 64 rows, BLOCK_K =
@@ -202,19 +204,48 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS) -> Spa
     fill the GPU at small T; at T = 64 a 4096-row weight runs unsplit on 64 programs.
     Prefill (T > 64): a plain tiled GEMM, 128 x 128 (x 64 below T = 128) output tiles, BLOCK_K
     = 64, no split; the compressed weight tile is re-read per token tile from L2.
+
+    Two cases get smaller K steps (the AOT gate compiles every config this returns and fails on
+    a spill or on shared memory over the arch's limit):
+    - ``K % 32 != 0``: the metadata is read byte by byte (its rows are not 4-byte aligned), which
+      costs registers: BLOCK_K 128 up to T = 16, 64 for larger decode tiles, 32 for prefill.
+    - float32 (the IEEE reference path): operands twice the size, so BLOCK_K 128 (64 with byte
+      metadata) up to T = 16 and 32 above, and 64 x 64 prefill tiles (the fp16 tiles need 167,936 B
+      of shared memory at T <= 16, over sm_80's 166,912 B, and spill above).
     """
+    words = k % 32 == 0
+    fp32 = dtype == torch.float32
     if t <= DECODE_MAX_T:
         block_t = max(16, 1 << max(0, t - 1).bit_length())
-        block_n, block_k = 64, (256 if block_t <= 16 else 128)
+        if fp32:
+            block_k = (128 if words else 64) if block_t <= 16 else 32
+        elif words:
+            block_k = 256 if block_t <= 16 else 128
+        else:
+            block_k = 128 if block_t <= 16 else 64
+        block_n = 64
         tiles = _cdiv(n, block_n)
         steps = _cdiv(k, block_k)
         # each split adds 2 * T * N * 4 bytes of fp32 partials (written, then read back once):
         # keep them under ~10% of the compressed weight's N * K * 9/8 bytes
         split = max(1, min(round(4 * num_sms / tiles), steps // 2, k // (72 * t)))
         split = _cdiv(steps, _cdiv(steps, split))  # no empty split
-        return Sparse24Config(block_n, block_t, block_k, split, 4, 3 if block_k == 256 else 4)
+        stages = 3 if (block_k == 256 or fp32 or (not words and block_t <= 16)) else 4
+        return Sparse24Config(block_n, block_t, block_k, split, 4, stages)
+    if fp32:
+        return Sparse24Config(64, 64, 32, 1, 4, 3)
     block_t = 128 if t >= 128 else 64
-    return Sparse24Config(128, block_t, 64, 1, 8 if block_t == 128 else 4, 3)
+    return Sparse24Config(128, block_t, 64 if words else 32, 1, 8 if block_t == 128 else 4, 3)
+
+
+def launch_grid(t: int, n: int, k: int, cfg: Sparse24Config) -> tuple[tuple[int, int, int], int]:
+    """``(grid, k_per_split)`` of the launch for ``cfg``: grid (cdiv(N, BLOCK_N), splits,
+    cdiv(T, BLOCK_T)); split ``s`` reduces columns ``[s * k_per_split, min((s + 1) * k_per_split,
+    K))`` in BLOCK_K steps (the kernel stops at K: no fully masked step), and ``splits`` is
+    ``cfg.split_k`` lowered so that no split is empty."""
+    steps = _cdiv(k, cfg.block_k)
+    k_per_split = _cdiv(steps, cfg.split_k) * cfg.block_k
+    return (_cdiv(n, cfg.block_n), _cdiv(k, k_per_split), _cdiv(t, cfg.block_t)), k_per_split
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -280,9 +311,9 @@ if triton is not None:
         tiles to dense in registers and feeds ``tl.dot(W_tile [BN, BK], x_tile^T [BK, BT])``
         (tensor cores; at decode the token dim is padded to 16, compute is free there).
         USE_SPLIT (split_k > 1): each split stores its fp32 partial tile in ``ws [split_k, T, N]``, then
-        bumps the tile's counter; the last split to arrive sums the partials in split order
-        (deterministic, whatever the arrival order), adds the bias, writes ``out`` and resets
-        the counter to 0 for the next launch (one kernel, no memset)."""
+        bumps the tile's counter (``cnt [tiles]``, zeroed per call by the launcher: see
+        ``_split_workspace``); the last split to arrive sums the partials in split order
+        (deterministic, whatever the arrival order), adds the bias and writes ``out``."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         pid_t = tl.program_id(2)
@@ -295,9 +326,9 @@ if triton is not None:
         m_rows = m_ptr + rows[:, None] * stride_mn
         x_cols = x_ptr + offs_t.to(tl.int64)[None, :] * stride_xt
         k_begin = pid_k * K_PER_SPLIT
+        k_end = tl.minimum(k_begin + K_PER_SPLIT, K)  # the last split may be shorter: no fully masked step
         acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-        for kk in range(0, K_PER_SPLIT, BLOCK_K):
-            k0 = k_begin + kk
+        for k0 in range(k_begin, k_end, BLOCK_K):
             offs_v = k0 // 2 + tl.arange(0, BLOCK_K // 2)
             if META_WORDS:  # meta_ptr is int32, K % 32 == 0 and BLOCK_K % 32 == 0
                 offs_m = k0 // 32 + tl.arange(0, BLOCK_K // 32)
@@ -342,25 +373,23 @@ if triton is not None:
                 if HAS_BIAS:
                     total += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
                 tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_ok)
-                tl.atomic_xchg(cnt_ptr + tile, 0)
 
 
-# split-K tile counters: zero between launches (the last split of a tile resets its counter),
-# so one buffer per device serves every launch on that device's streams in order.
-_COUNTERS: dict = {}
-_COUNTER_CHUNK = 1 << 14
-
-
-def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
-    key = (device.type, device.index)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < tiles:
-        size = _cdiv(tiles, _COUNTER_CHUNK) * _COUNTER_CHUNK
-        buf = torch.zeros(size, dtype=torch.int32, device=device)
-        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-        if not capturing:  # a buffer made inside a CUDA graph belongs to that graph's pool
-            _COUNTERS[key] = buf
-    return buf
+# split-K workspace: one allocation per call from the caching allocator on the launch stream, holding
+# the fp32 partials [split, T, N] and then one int32 arrival counter per output tile, zeroed on that
+# stream before the kernel runs. Per-call counters make overlapping launches independent (two
+# streams, a graph replay beside an eager call): nothing is shared between launches, and a launch
+# that dies half-way leaves nothing dirty for the next one. Inside a CUDA-graph capture the
+# allocation comes from the graph's private pool and the zeroing is a captured memset node, so the
+# graph owns its workspace and no buffer it holds is ever replaced or freed behind its back.
+def _split_workspace(device: torch.device, split: int, t: int, n: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(partials [split, T, N] float32, counters [tiles] int32 == 0)`` in one fresh allocation."""
+    partial = split * t * n
+    head = _cdiv(partial, 4) * 4  # counters 16-byte aligned, as Triton specialises pointers on it
+    buf = torch.empty(head + tiles, dtype=torch.float32, device=device)
+    counters = buf[head:].view(torch.int32)
+    counters.zero_()  # on the current (= launch) stream of ``device``
+    return buf[:partial].view(split, t, n), counters
 
 
 def _num_sms(device: torch.device) -> int:
@@ -369,6 +398,7 @@ def _num_sms(device: torch.device) -> int:
     return DEFAULT_NUM_SMS
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                         bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None,
                         config: Optional[Sparse24Config] = None) -> torch.Tensor:
@@ -388,25 +418,25 @@ def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
         return y.reshape(*lead, n)
     values = values if values.stride(-1) == 1 else values.contiguous()
     meta = meta if meta.stride(-1) == 1 else meta.contiguous()
-    cfg = config or launch_config(t, n, k, _num_sms(x.device))
-    steps = _cdiv(k, cfg.block_k)
-    k_per_split = _cdiv(steps, cfg.split_k) * cfg.block_k
-    split = _cdiv(k, k_per_split)
-    grid = (_cdiv(n, cfg.block_n), split, _cdiv(t, cfg.block_t))
+    cfg = config or launch_config(t, n, k, _num_sms(x.device), x.dtype)
+    grid, k_per_split = launch_grid(t, n, k, cfg)
+    split = grid[1]
     if split > 1:
-        ws = torch.empty((split, t, n), dtype=torch.float32, device=x.device)
-        counters = _tile_counters(x.device, grid[0] * grid[2])
+        ws, counters = _split_workspace(x.device, split, t, n, grid[0] * grid[2])
     else:
         ws, counters = y, y  # unused
-    # 4 metadata bytes per load where rows allow it (every LLaMA shape: K % 32 == 0)
-    meta_words = (k % 32 == 0 and cfg.block_k % 32 == 0 and meta.stride(0) % 4 == 0
-                  and meta.storage_offset() % 4 == 0)
+    # 4 metadata bytes per load where rows allow it (every LLaMA shape: K % 32 == 0); a view whose
+    # rows are not 4-byte aligned is copied, so the words path is exactly K % 32 == 0, the case
+    # launch_config sizes its tiles for
+    meta_words = k % 32 == 0 and cfg.block_k % 32 == 0
     if meta_words:
+        if meta.stride(0) % 4 or meta.storage_offset() % 4:
+            meta = meta.clone(memory_format=torch.contiguous_format)
         meta = meta.view(torch.int32)
     _sparse24_mm_kernel[grid](
         x2, values, meta, bias if bias is not None else values, y, ws, counters,
         t, n, k, k // 2, meta.shape[1], x2.stride(0), values.stride(0), meta.stride(0), y.stride(0), k_per_split, t * n,
-        split, HAS_BIAS=bias is not None, USE_SPLIT=split > 1, EVEN_K=(k_per_split * split == k),
+        split, HAS_BIAS=bias is not None, USE_SPLIT=split > 1, EVEN_K=k % cfg.block_k == 0,
         IEEE=x.dtype == torch.float32, META_WORDS=meta_words, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y.reshape(*lead, n)

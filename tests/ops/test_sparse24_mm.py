@@ -1,4 +1,6 @@
 """ops/sparse24_mm: the compressed 2:4 format and the Triton matmul on it (CPU: TRITON_INTERPRET=1)."""
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,33 @@ def _interpreter_bf16_dot():
     interp.InterpreterBuilder.create_dot = lambda self, a, b, d, *rest: orig(self, widen(a), widen(b), d, *rest)
     yield
     interp.InterpreterBuilder.create_dot = orig
+
+
+@pytest.fixture(autouse=True)
+def _shuffled_program_order(monkeypatch, request):
+    """The interpreter runs a grid's programs in grid order, so the last split-K program of a tile
+    to arrive is always split ``split_k - 1``: a reduction that relies on that order passes there
+    and fails on a GPU. Here every launch runs its programs in a random order (seeded per test):
+    the sequential i-th program gets the grid index of the i-th entry of a permutation."""
+    if DEVICE != "cpu" or not TRITON_OK:
+        return
+    from triton.runtime import interpreter as interp
+    builder = interp.interpreter_builder
+    rng = np.random.default_rng(zlib.crc32(request.node.name.encode()))
+    real_dim, real_idx = builder.set_grid_dim, builder.set_grid_idx
+    state = {}
+
+    def set_grid_dim(nx, ny, nz):
+        real_dim(nx, ny, nz)
+        state["dims"], state["perm"] = (nx, ny, nz), rng.permutation(nx * ny * nz)
+
+    def set_grid_idx(x, y, z):
+        nx, ny, nz = state["dims"]
+        i = int(state["perm"][(x * ny + y) * nz + z])
+        real_idx(i // (ny * nz), (i // nz) % ny, i % nz)
+
+    monkeypatch.setattr(builder, "set_grid_dim", set_grid_dim)
+    monkeypatch.setattr(builder, "set_grid_idx", set_grid_idx)
 
 
 # (rtol, atol) of the kernel's output vs float64 F.linear of the masked dense weight: float32
@@ -119,10 +148,9 @@ def test_kernel_edges_and_split_k(t, n, k, config, dtype):
         return
     check(x, w, None, config)
     if config.split_k > 1:
-        # deterministic (partials summed in split order) and the tile counters are back to zero
+        # deterministic: partials summed in split order, whatever order the programs ran in
         again = S._sparse24_mm_triton(x, values, meta, bias, config=config)
         assert torch.equal(again, got)
-        assert int(S._COUNTERS[(x.device.type, x.device.index)].abs().sum()) == 0
 
 
 @needs_triton
