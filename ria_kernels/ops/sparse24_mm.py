@@ -296,10 +296,10 @@ if triton is not None:
         dense = tl.join(tl.join(d0, d2), tl.join(d1, d3))
         return tl.reshape(dense, (BLOCK_N, BLOCK_K))
 
-    # T (tokens) and split_k are run-time values and T is not specialised on (T == 1, T % 16):
+    # T (tokens), split_k and split_stride (T * N) are run-time values, not specialised on (== 1, % 16):
     # one compiled kernel per tile config serves every decode step and every split count, so
     # generation never stalls on a JIT compile when the batch size changes
-    @triton.jit(do_not_specialize=["T", "split_k"])
+    @triton.jit(do_not_specialize=["T", "split_k", "split_stride"])
     def _sparse24_mm_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                             T, N, K, KV, KM, stride_xt, stride_vn, stride_mn, stride_ot, K_PER_SPLIT, split_stride,
                             split_k, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
@@ -450,14 +450,72 @@ AOT_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (5120, 5120), (13824, 
 AOT_TOKENS = (1, 4, 16, 64, 1024)
 
 
+def compile_variant(t: int, n: int, k: int, dtype: torch.dtype, has_bias: bool, num_sms: int = DEFAULT_NUM_SMS):
+    """What decides which compiled kernel a (contiguous) launch runs, as far as the AOT gate
+    tells variants apart: the config and every constexpr the launcher passes (dtype, bias,
+    split-K, full K steps, word metadata; the split count itself is a run-time value, so it is
+    left out of the config), and whether the rows are 16-aligned (N % 16: Triton
+    specialises int arguments on divisibility by 16, which sets the store and bias widths; K's
+    class follows from the two K flags). T, split_k and T * N are not specialised on."""
+    cfg = launch_config(t, n, k, num_sms, dtype)
+    grid, _ = launch_grid(t, n, k, cfg)
+    return (cfg._replace(split_k=0), str(dtype).split(".")[-1], has_bias, grid[1] > 1, k % cfg.block_k == 0,
+            k % 32 == 0, n % 16 == 0)
+
+
+# the sweep reachable_configs() takes its representatives from: every decode T, prefill T on both
+# sides of each tile switch; N of every alignment class (16-aligned, odd, 1); K of every class
+# (a multiple of 256, 128, 64, 32, 16, 8, only 4), each small (no split-K) and LLaMA-sized (split)
+_SWEEP_T = tuple(range(1, DECODE_MAX_T + 1)) + (65, 127, 128, 1024)
+_SWEEP_N = (4096, 11008, 100, 4097, 1)
+_SWEEP_K = (4096, 28672, 11008, 4224, 4160, 4128, 4112, 4104, 4100,
+            256, 384, 320, 288, 272, 264, 260, 8)
+
+
+def reachable_configs(num_sms: int = DEFAULT_NUM_SMS) -> dict:
+    """Every compiled variant of the kernel that launch_config + the launcher can produce (over
+    the sweep above), ``{compile_variant key: representative (T, N, K, dtype, has_bias)}``: the
+    most aligned shape that reaches it first (the sweep lists aligned shapes first: the widest
+    accesses, the register worst case). fp16 is swept with and without bias and at every N
+    alignment; bf16 and fp32 (whose tiles differ from fp16's only in the conversions, or are their
+    own configs) with bias and 16-aligned N, so every (config, dtype, split-K, full K steps, word
+    metadata) combination is there once per dtype. The AOT gate compiles one launch per entry
+    (:func:`aot_cases`); ``tests/ops/test_sparse24_mm.py`` checks that any (T, N, K) of its sweeps
+    lands on an entry."""
+    out: dict = {}
+    for dtype in SUPPORTED_DTYPES:
+        full = dtype == torch.float16
+        for has_bias in ((True, False) if full else (True,)):
+            for n in (_SWEEP_N if full else tuple(v for v in _SWEEP_N if v % 16 == 0)):
+                for k in _SWEEP_K:
+                    for t in _SWEEP_T:
+                        out.setdefault(compile_variant(t, n, k, dtype, has_bias, num_sms), (t, n, k, dtype, has_bias))
+    return out
+
+
+def variant_covered(key: tuple, reachable: dict) -> bool:
+    """Whether ``reachable_configs()`` compiles ``key`` (a :func:`compile_variant`), given the
+    reduced sweep for bf16/fp32: there the bias flag and the N alignment are not told apart."""
+    if key in reachable:
+        return True
+    if key[1] == "float16":
+        return False
+    return key[:2] + (True,) + key[3:6] + (True,) in reachable
+
+
 def aot_cases() -> list:
-    """``(label, zero-arg callable)`` per representative launch, for the AOT compile gate: each
-    callable calls the public :func:`sparse24_mm` with ``backend="triton"`` on uninitialised CPU
-    tensors of a LLaMA2 shape (decode T = 1, 4, 16, 64 and prefill T = 1024; fp16 and bf16
-    without bias, fp16 with bias: the bias path compiles the same for bf16). The gate's recording hook must stop the kernel from running (and let
-    the Triton backend be forced on CPU tensors, e.g. by patching
-    ``ria_kernels._backend.interpret_mode``)."""
+    """``(label, zero-arg callable)`` per launch for the AOT compile gate: each callable calls the
+    public :func:`sparse24_mm` with ``backend="triton"`` on uninitialised CPU tensors. First every
+    entry of :func:`reachable_configs` (so every config launch_config can return is compiled, for
+    fp16, bf16 and fp32, with and without bias, split-K or not, full or ragged K steps, word or
+    byte metadata), then the LLaMA2 shapes at decode T = 1, 4, 16, 64 and prefill T = 1024 (fp16
+    and bf16 without bias, fp16 with bias), which name the table's rows. The gate's recording
+    hook must stop the kernel from running (and let the Triton backend be forced on CPU tensors,
+    e.g. by patching ``ria_kernels._backend.interpret_mode``)."""
     cases = []
+    for (t, n, k, dtype, has_bias) in reachable_configs().values():
+        label = f"sparse24_mm reachable T={t} N={n} K={k} {str(dtype).split('.')[-1]}" + (" bias" if has_bias else "")
+        cases.append((label, _aot_call(t, n, k, dtype, has_bias)))
     for n, k in AOT_SHAPES:
         for t in AOT_TOKENS:
             for dtype, has_bias in ((torch.float16, False), (torch.bfloat16, False), (torch.float16, True)):

@@ -427,7 +427,9 @@ def test_launch_config_decode_streams_weights_once(n, k):
 def test_aot_cases_cover_decode_and_prefill():
     cases = S.aot_cases()
     labels = [label for label, _ in cases]
-    assert len(set(labels)) == len(labels) == len(S.AOT_SHAPES) * len(S.AOT_TOKENS) * 3  # fp16, bf16, fp16 + bias
+    named = [label for label in labels if "reachable" not in label]
+    assert len(set(labels)) == len(labels)
+    assert len(named) == len(S.AOT_SHAPES) * len(S.AOT_TOKENS) * 3  # fp16, bf16, fp16 + bias
     assert all(callable(fn) for _, fn in cases)
     for t in (1, 4, 16, 64, 1024):
         assert any(f"T={t} " in label for label in labels)
@@ -510,3 +512,22 @@ def test_launch_config_fp32_and_byte_metadata_tiles():
     assert launch_config(1, 4096, 4100).block_k == 128 and launch_config(64, 4096, 4100).block_k == 64
     assert launch_config(1024, 4096, 4100).block_k == 32
     assert launch_config(1, 4096, 4096) == launch_config(1, 4096, 4096, dtype=torch.bfloat16)
+
+
+def test_reachable_configs_cover_every_launch():
+    """Every (T, N, K, dtype, bias) of the sweeps above compiles to a variant that
+    reachable_configs() (what the AOT gate compiles) lists, and each listed representative
+    really reaches its variant."""
+    reachable = S.reachable_configs()
+    for key, (t, n, k, dtype, bias) in reachable.items():
+        assert S.compile_variant(t, n, k, dtype, bias) == key
+    shapes = [(t, n, k) for t in range(1, 1025, 3) for n, k in ((1, 4), (192, 388), (4096, 4096), (4097, 4100))]
+    shapes += [(t, n, k) for n in range(1, 300, 7) for k in range(4, 2049, 36) for t in (1, 16, 17, 64, 65, 300)]
+    shapes += [(t, n, k) for n in LARGE for k in LARGE for t in (1, 8, 17, 33, 64, 65, 128, 8191)]
+    for t, n, k in shapes:
+        for dtype in DTYPES:
+            for bias in (False, True):
+                key = S.compile_variant(t, n, k, dtype, bias)
+                assert S.variant_covered(key, reachable), f"T={t} N={n} K={k} {dtype} bias={bias}: {key}"
+    labels = [label for label, _ in S.aot_cases()]
+    assert sum("reachable" in label for label in labels) == len(reachable)
