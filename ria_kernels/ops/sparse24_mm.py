@@ -208,10 +208,12 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS,
     Two cases get smaller K steps (the AOT gate compiles every config this returns and fails on
     a spill or on shared memory over the arch's limit):
     - ``K % 32 != 0``: the metadata is read byte by byte (its rows are not 4-byte aligned), which
-      costs registers: BLOCK_K 128 up to T = 16, 64 for larger decode tiles, 32 for prefill.
+      costs registers: BLOCK_K 128 up to T = 16, 64 for larger decode tiles; prefill 32 with 8
+      warps over 64 x 128 (T >= 128) or 128 x 64 output tiles (128 x 128 spills with a bias and
+      N % 16 != 0 under Triton 3.6).
     - float32 (the IEEE reference path): operands twice the size, so BLOCK_K 128 (64 with byte
-      metadata) up to T = 16 and 32 above, and 64 x 64 prefill tiles (the fp16 tiles need 167,936 B
-      of shared memory at T <= 16, over sm_80's 166,912 B, and spill above).
+      metadata) up to T = 16 and 32 with 8 warps above, and 64 x 64 prefill tiles (the fp16 tiles
+      need 167,936 B of shared memory at T <= 16, over sm_80's 166,912 B, and spill above).
     """
     words = k % 32 == 0
     fp32 = dtype == torch.float32
@@ -231,11 +233,14 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS,
         split = max(1, min(round(4 * num_sms / tiles), steps // 2, k // (72 * t)))
         split = _cdiv(steps, _cdiv(steps, split))  # no empty split
         stages = 3 if (block_k == 256 or fp32 or (not words and block_t <= 16)) else 4
-        return Sparse24Config(block_n, block_t, block_k, split, 4, stages)
+        warps = 8 if fp32 and block_t > 16 else 4
+        return Sparse24Config(block_n, block_t, block_k, split, warps, stages)
     if fp32:
         return Sparse24Config(64, 64, 32, 1, 4, 3)
     block_t = 128 if t >= 128 else 64
-    return Sparse24Config(128, block_t, 64 if words else 32, 1, 8 if block_t == 128 else 4, 3)
+    if not words:  # byte metadata: 8 warps over a 64 x 128 / 128 x 64 output tile
+        return Sparse24Config(64, 128, 32, 1, 8, 3) if block_t == 128 else Sparse24Config(128, 64, 32, 1, 8, 3)
+    return Sparse24Config(128, block_t, 64, 1, 8 if block_t == 128 else 4, 3)
 
 
 def launch_grid(t: int, n: int, k: int, cfg: Sparse24Config) -> tuple[tuple[int, int, int], int]:
