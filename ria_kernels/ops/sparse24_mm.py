@@ -22,9 +22,11 @@ each, when ``K % 32 == 0``: the same bytes, little-endian, so no second layout),
 the dense ``[BLOCK_N, BLOCK_K]`` tile in registers (6 compares + 6 selects per group of 4) and
 feeds ``tl.dot(W_tile, x_tile^T)`` with fp32 accumulation; the dense weight never exists in
 memory. Decode (T <= 64): one token tile, so every weight byte is read once, with split-K to fill
-the SMs; prefill: a tiled GEMM. Configs: :func:`launch_config` (a pure function of T, N, K and
-the SM count; no run-time autotuning, so launches are CUDA-graph capturable and AOT-recordable:
-:func:`aot_cases`). float32 is a reference path (IEEE dot, no TF32).
+the SMs; prefill: a tiled GEMM. Configs: :func:`launch_config` (a pure function of T, N, K, the SM count and
+the dtype; no run-time autotuning, so launches are CUDA-graph capturable and AOT-recordable:
+:func:`aot_cases` compiles every variant :func:`reachable_configs` lists). Split-K partials and
+arrival counters live in a per-call workspace zeroed on the launch stream, so overlapping launches
+(two streams, a graph replay beside an eager call) never share a counter. float32 is a reference path (IEEE dot, no TF32).
 """
 from __future__ import annotations
 
