@@ -214,7 +214,7 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS,
       warps over 64 x 128 (T >= 128) or 128 x 64 output tiles (128 x 128 spills with a bias and
       N % 16 != 0 under Triton 3.6).
     - float32 (the IEEE reference path): operands twice the size, so BLOCK_K 128 (64 with byte
-      metadata) up to T = 16 and 32 with 8 warps above, and 64 x 64 prefill tiles (the fp16 tiles
+      metadata) up to T = 16 and 32 with 8 warps and 2 stages above, and 64 x 64 prefill tiles (the fp16 tiles
       need 167,936 B of shared memory at T <= 16, over sm_80's 166,912 B, and spill above).
     """
     words = k % 32 == 0
@@ -235,7 +235,9 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS,
         split = max(1, min(round(4 * num_sms / tiles), steps // 2, k // (72 * t)))
         split = _cdiv(steps, _cdiv(steps, split))  # no empty split
         stages = 3 if (block_k == 256 or fp32 or (not words and block_t <= 16)) else 4
-        warps = 8 if fp32 and block_t > 16 else 4
+        warps = 4
+        if fp32 and block_t > 16:  # 3 stages spill under Triton 3.9 on sm_80 (byte metadata + bias)
+            warps, stages = 8, 2
         return Sparse24Config(block_n, block_t, block_k, split, warps, stages)
     if fp32:
         return Sparse24Config(64, 64, 32, 1, 4, 3)
