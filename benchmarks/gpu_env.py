@@ -46,7 +46,7 @@ PACKAGES = (
     ("scipy", "scipy", (1,), ("extension", "e2e"), "the permutation's LSA (inference tests, bench_permutation)"),
     ("safetensors", "safetensors", (0,), ("extension", "e2e"), "save_sparse / load_sparse"),
     ("hypothesis", "hypothesis", (6,), (), "property tests (needed when the slice's tests import it)"),
-    ("matplotlib", "matplotlib", (3,), SLICES, "the benchmarks' PNG figures; the [bench] extra, which CI does not install"),
+    ("matplotlib", "matplotlib", (3,), SLICES, "the benchmarks' PNG figures; the [bench] extra, not in CI"),
 )
 GPU_ONLY_PACKAGES = {"matplotlib"}  # CI installs [test] only; the GPU image has it
 
@@ -100,7 +100,10 @@ def cutlass_version(include: str | None) -> str | None:
 
 
 def tests_import(tests: list[str], module: str) -> bool:
-    """Whether any of the test files (or the conftest / _util helpers they load) imports ``module``."""
+    """Whether any of the test files (or the conftest / _util helpers they load) imports ``module``;
+    False for a slice without tests."""
+    if not tests:
+        return False
     files = [ROOT / t for t in tests] + [ROOT / "tests" / "conftest.py", ROOT / "tests" / "ops" / "_util.py"]
     pattern = re.compile(rf"^\s*(import|from)\s+{module}\b", re.M)
     return any(f.is_file() and pattern.search(f.read_text(errors="replace")) for f in files)
@@ -168,25 +171,32 @@ def probe(slice_: str, dry_run: bool, tests: list[str]) -> tuple[str, list[str],
     if slice_ == "extension":
         torch_cuda_major = major(torch.version.cuda)
         checks += [
-            Check("nvcc", True, lambda: None if nvcc else f"nvcc MISSING ({nvcc_where}): the build needs CUDA's compiler"),
+            Check("nvcc", True, lambda: None if nvcc else
+                  f"nvcc MISSING ({nvcc_where}): the build needs CUDA's compiler"),
             # torch.utils.cpp_extension refuses to build with a CUDA major other than torch's
             Check("nvcc-major", True, lambda: None if nvcc and torch_cuda_major == major(nvcc) else
                   f"nvcc {nvcc} vs torch's CUDA {torch.version.cuda}: cpp_extension refuses a different CUDA major"),
-            Check("CUDA_HOME", True, lambda: None if cuda_home else "CUDA_HOME not found by torch.utils.cpp_extension"),
+            Check("CUDA_HOME", True, lambda: None if cuda_home else
+                  "CUDA_HOME not found by torch.utils.cpp_extension"),
             Check("ninja", True, lambda: None if ninja else
-                  "ninja MISSING: without it torch builds one unit at a time (~530 CPU-s) and the build misses its budget"),
+                  "ninja MISSING: without it torch builds one unit at a time (~530 CPU-s) and the build "
+                  "misses its limit"),
             Check("cusparselt", True, lambda: None if cslt_ver and (cusparse_h or not needs_cusparse_h) else
                   ("cuSPARSELt headers MISSING (nvidia-cusparselt-cu13 or CUSPARSELT_DIR)" if not cslt_ver else
                    "cusparse.h MISSING (cuSPARSELt 0.8.x includes it)")),
             Check("cutlass", False, lambda: None if cutlass_inc else
-                  "CUTLASS headers MISSING: install the carried nvidia-cutlass wheel (benchmarks/prepare_gpu_carry.sh)"),
+                  "CUTLASS headers MISSING: install the carried nvidia-cutlass wheel "
+                  "(benchmarks/prepare_gpu_carry.sh)"),
         ]
-    for field, dist, majors, slices, why in PACKAGES:
-        needed = slice_ in slices or (field == "hypothesis" and slice_ != "e2e" and tests_import(tests, "hypothesis"))
-        if needed:
-            checks.append(Check(field, field in GPU_ONLY_PACKAGES,
-                                lambda f=field, m=majors, w=why: (lambda r: r and f"{r} ({w})")(
-                                    need_major(f, pkg_versions[f], m))))
+    def package_check(field: str, majors: tuple[int, ...], why: str) -> Callable[[], str | None]:
+        def run() -> str | None:
+            reason = need_major(field, pkg_versions[field], majors)
+            return f"{reason} ({why})" if reason else None
+        return run
+
+    for field, _, majors, slices, why in PACKAGES:
+        if slice_ in slices or (field == "hypothesis" and tests_import(tests, "hypothesis")):
+            checks.append(Check(field, field in GPU_ONLY_PACKAGES, package_check(field, majors, why)))
     passed, skipped, failed = [], [], []
     for c in checks:
         if dry_run and c.gpu_only:

@@ -216,8 +216,8 @@ def test_the_real_carry_installs_offline_and_is_found(real_carry, tmp_path):
     assert (site / "cutlass_library" / "source" / "include" / "cutlass" / "gemm" / "device" / "gemm_sparse.h").is_file()
     env = {k: v for k, v in os.environ.items() if k != "CUTLASS_DIR"}
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{site}"
-    probe = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_env.py"), "--slice", "extension", "--dry-run"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    probe = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_env.py"), "--slice", "extension",
+                            "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert probe.returncode == 0, probe.stdout + probe.stderr
     assert env_fields(probe.stdout.splitlines()[0])["cutlass"] == "4.2.0"
 
