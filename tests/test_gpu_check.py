@@ -15,7 +15,11 @@ the failure path runs with an empty carry folder; and when the registry is reach
 downloaded by benchmarks/prepare_gpu_carry.sh into a temporary folder, goes through the same offline install
 line and the environment probe, which must find its headers at 4.2.0 (skipped, with the script's line, when
 the registry is not reachable). The real wheel gets no full dry run of its own: the script's logic is the
-same for both, and CI's time is better spent elsewhere."""
+same for both, and CI's time is better spent elsewhere.
+
+The real run's control flow (step order, what stops the slice, the files left in $OUT) runs on the CPU too,
+with a shell script as $PYTHON that answers each step as a GPU machine would: it proves the script's
+plumbing, not the GPU work."""
 from __future__ import annotations
 
 import hashlib
@@ -253,6 +257,109 @@ def test_unknown_slice_is_refused():
     proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env={**os.environ, "SLICE": "everything"},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "set SLICE=kernels" in proc.stdout
+
+
+# ---- the real run's control flow, on a CPU: a fake GPU machine behind $PYTHON
+FAKE_PYTHON = r"""#!/bin/sh
+# Stands in for the GPU machine's python3: answers each step gpu_check.sh starts, records the call.
+echo "$*" >>"$FAKE_CALLS"
+case "$*" in
+  *gpu_env.py*)
+    echo "ENV gpu='Fake H200' driver=580 arch=9.0a nvcc=13.0 CUDA_HOME=/usr/local/cuda torch=2.11.0 cuda=13.0"
+    echo "ENV checks slice=fake (GPU run: every check enforced): ok=all gpu-only=- failed=${FAKE_ENV_RC:-0}"
+    [ "${FAKE_ENV_RC:-0}" = 0 ] || echo "!! ENV: ninja MISSING"
+    exit "${FAKE_ENV_RC:-0}" ;;
+  *"-m pip install"*--target*) exec "$REAL_PYTHON" "$@" ;;
+  *"-m pip install"*"-e ."*)
+    [ -n "$FAKE_BUILD_FAIL" ] && { echo "nvcc fatal: fake build failure"; exit 1; }
+    : >ria_kernels/_C.cpython-312-x86_64-linux-gnu.so; exit 0 ;;
+  *extension_status*) echo "loaded: ria_kernels/_C.so (cuSPARSELt 801, CUTLASS sm80 kernel, CUTLASS sm90 kernel)" ;;
+  *test_sparse_mm_layout*) echo "fake pytest (layout)"; exit "${FAKE_LAYOUT_RC:-0}" ;;
+  *"-m pytest"*) echo "fake pytest (tests)" ;;
+  *warm_jit.py*) echo "JIT compile: 1.0 s summed over 3 cases (first call minus repeat call), wall 0.5 s in 8 processes, 0 failed" ;;
+  *bench_*)
+    prev=""; for a in "$@"; do [ "$prev" = "--out" ] && out=$a; prev=$a; done
+    name=$(basename "$1" .py); mkdir -p "$out"; echo "{}" >"$out/$name.json"; : >"$out/$name.png"; echo "fake $name" ;;
+  *) echo "fake python: unexpected call: $*" >&2; exit 99 ;;
+esac
+"""
+
+
+def _fake_gpu_run(tmp_path: Path, slice_: str, **env_extra: str) -> tuple[int, str, list[str], list[str]]:
+    """gpu_check.sh (a copy, in a scratch repo) on a 'GPU machine' faked by $PYTHON: (exit status, output,
+    the steps it started, the files it left in $OUT)."""
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    (repo / "ria_kernels").mkdir()
+    (repo / "benchmarks" / "gpu_check.sh").write_text(SCRIPT.read_text())
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    carry = tmp_path / "carry"
+    fake_cutlass_wheel(carry)
+    calls, out_dir = tmp_path / "calls.txt", tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("CUTLASS_DIR", "EXTRA_TESTS", "BENCH_ARGS", "DRY_RUN")}
+    env.update({"SLICE": slice_, "PYTHON": str(fake), "REAL_PYTHON": sys.executable, "FAKE_CALLS": str(calls),
+                "OUT": str(out_dir), "GPU_CARRY": str(carry), **env_extra})
+    proc = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh")], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    steps = calls.read_text().splitlines() if calls.exists() else []
+    return proc.returncode, proc.stdout + proc.stderr, steps, sorted(p.name for p in out_dir.iterdir())
+
+
+def _step_order(steps: list[str]) -> list[str]:
+    kinds = (("--target", "carry"), ("gpu_env.py", "env"), ("-e .", "build"), ("extension_status", "status"),
+             ("test_sparse_mm_layout", "layout"), ("warm_jit.py", "warm"), ("-m pytest", "tests"),
+             ("bench_", "bench"))
+    return [next(k for pattern, k in kinds if pattern in s) for s in steps]
+
+
+def test_real_run_extension_slice_order_and_files(tmp_path):
+    rc, out, steps, files = _fake_gpu_run(tmp_path, "extension")
+    assert rc == 0, out[-3000:]
+    assert _step_order(steps) == ["carry", "env", "build", "status", "layout", "warm", "tests", "bench", "bench"]
+    assert "--no-build-isolation --no-deps --no-index -e ." in steps[2]
+    assert "benchmarks/warm_jit.py --slice extension --budget-s 15" in steps[5]
+    assert out.splitlines()[0].startswith("ENV gpu='Fake H200'")
+    assert "== carry: installed nvidia_cutlass-4.2.0.0-py3-none-any.whl offline" in out
+    assert "JIT compile: 1.0 s" in out and "exit status 0; 6 file(s)" in out
+    assert files == ["_C.cpython-312-x86_64-linux-gnu.so", "bench_decode.json", "bench_decode.png",
+                     "bench_modules.json", "bench_modules.png", "gpu_check.log"]
+
+
+def test_real_run_stops_at_a_failed_environment_check(tmp_path):
+    rc, out, steps, files = _fake_gpu_run(tmp_path, "extension", FAKE_ENV_RC="3")
+    assert rc == 1 and _step_order(steps) == ["carry", "env"]
+    assert "!! ENV: ninja MISSING" in out and "!! the slice cannot run here" in out
+    assert files == ["gpu_check.log"]
+
+
+def test_real_run_without_the_carry_starts_nothing_after_the_environment(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, out, steps, files = _fake_gpu_run(tmp_path, "extension", GPU_CARRY=str(empty))
+    assert rc == 1 and _step_order(steps) == ["env"]
+    assert "!! carry: " in out and "has no nvidia_cutlass wheel" in out
+
+
+def test_real_run_failed_build_skips_the_rest(tmp_path):
+    rc, out, steps, files = _fake_gpu_run(tmp_path, "extension", FAKE_BUILD_FAIL="1")
+    assert rc == 1 and _step_order(steps) == ["carry", "env", "build"]
+    assert "nvcc fatal: fake build failure" in out and "skipping the rest of the slice" in out
+
+
+def test_real_run_failed_layout_check_is_reported_and_the_slice_goes_on(tmp_path):
+    rc, out, steps, files = _fake_gpu_run(tmp_path, "extension", FAKE_LAYOUT_RC="1")
+    assert rc == 1 and "!! layout checks failed" in out
+    assert _step_order(steps)[-4:] == ["warm", "tests", "bench", "bench"]
+
+
+def test_real_run_kernels_slice(tmp_path):
+    rc, out, steps, files = _fake_gpu_run(tmp_path, "kernels")
+    assert rc == 0, out[-3000:]
+    assert _step_order(steps) == ["env", "warm", "tests", "bench"]  # no carry, no build
+    assert "tests/ops/test_sparse24_mm.py" in steps[2]
+    assert files == ["bench_kernels.json", "bench_kernels.png", "gpu_check.log"]
 
 
 # ---- the README's budget table is the script's plan
