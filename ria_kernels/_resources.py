@@ -1,14 +1,15 @@
 """What a ``ria-prune`` run will hold, checked before any weights are read.
 
-- :func:`linear_in_features` / :func:`check_nm_divisible`: the input widths of every pruned linear,
+- :func:`model_shape` / :func:`check_nm_divisible`: the input widths of every pruned linear,
   read from ``config.json`` alone, so ``--sparsity-type 2:3`` is refused before the weights load.
 - :func:`weight_files`: a model directory must hold weights (not only ``config.json``).
 - :func:`estimate_run_memory`: the peak bytes of the run's big buffers -- the model's parameters
   in the working dtype, the calibration activations (one hidden state per window is kept between
-  decoder layers, plus the rotary tables each batch carries; x1.5 for the allocator, as measured), the float32 ``in x in`` Hessians of one
-  decoder layer for SparseGPT / ``--reconstruction`` / ALPS (one per shared-input group: q/k/v share
-  one, gate/up share one) with SparseGPT's working copies of the largest one, and one evaluation batch
-  (logits in the working dtype, their float32 copy and log-softmax, the attention scores of a layer).
+  decoder layers, plus the rotary tables each batch carries; x1.75 for the allocator, as measured),
+  the float32 ``in x in`` Hessians of one decoder layer for SparseGPT / ``--reconstruction`` / ALPS
+  (one per shared-input group: q/k/v share one, gate/up share one) with SparseGPT's working copies
+  of the largest one, and one evaluation batch (logits in the working dtype, their float32 copy and
+  log-softmax, the attention scores of a layer).
 - :func:`available_memory`: ``MemAvailable`` of ``/proc/meminfo`` (``os.sysconf`` elsewhere) for the
   CPU, ``torch.cuda.mem_get_info`` for a GPU.
 
@@ -26,7 +27,7 @@ from ._errors import RiaInputError
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth", "tf_model.h5", "flax_model.msgpack")
 GiB = 1024 ** 3
-ACTIVATION_OVERHEAD = 1.5  # RSS growth per byte of kept calibration tensors (see estimate_run_memory)
+ACTIVATION_OVERHEAD = 1.75  # RSS growth per byte of kept calibration tensors (see estimate_run_memory)
 
 
 def read_config(model_dir: str | os.PathLike) -> dict:
@@ -137,9 +138,10 @@ def estimate_run_memory(cfg: dict, *, param_bytes: int, dtype: str, nsamples: in
     nbatches = -(-nsamples // max(batch_size, 1))
     hidden_states = nsamples * seqlen * shape.hidden * b
     rotary = nbatches * 2 * batch_size * seqlen * shape.head_dim * b  # cos/sin kept with each batch
-    # x 1.5: what the process's RSS grows by, measured on a CPU (tests/test_cli.py, the RSS test: 438 MB for
-    # 308 MB of hidden states + rotary tables in 800 windows, 235 MB for 154 MB in 400): the window-sized tensors
-    # interleave on the heap with the temporaries that made them, and the holes are not given back
+    # x ACTIVATION_OVERHEAD: what the process's RSS grows by, measured on a CPU (a 1-layer hidden-512 llama,
+    # --seqlen 128, wanda, 2026-12-02; the RSS test in tests/test_cli.py): 235 MB for 154 MB of hidden states +
+    # rotary tables in 400 windows (1.53x), 321 MB for 195 MB in 512 (1.65x), 438 MB for 308 MB in 800 (1.42x).
+    # The window-sized tensors interleave on the heap with the temporaries that made them; the holes stay.
     est.add("calibration activations", (hidden_states + rotary) * ACTIVATION_OVERHEAD, act_dev,
             "lower --nsamples (or --seqlen)" + ("" if offload or dev == "cpu" else ", or pass --offload"))
     # one layer's forward over one batch while statistics are collected (MLP + attention scores)

@@ -694,7 +694,7 @@ def test_issue25_memory_estimate_matches_measured_rss(tmp_path):
         estimated[n] = sum(json.loads(parts.replace("'", '"')).values())
     grew, predicted = measured[512] - measured[16], estimated[512] - estimated[16]
     assert predicted > 100e6  # the activations dominate what differs between the runs
-    assert 0.5 * predicted <= grew <= 1.1 * predicted, (grew, predicted)
+    assert 0.5 * predicted <= grew <= 1.1 * predicted, f"RSS grew {grew / 1e6:.1f} MB, estimate {predicted / 1e6:.1f} MB"
 
 
 def _linear_bytes(path: Path, sparse: bool) -> int:
