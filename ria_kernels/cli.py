@@ -21,7 +21,7 @@ from ._errors import BackendUnavailableError, RiaInputError
 
 EPILOG = """\
 examples:
-  ria-prune                                   # RIA, 50% unstructured, embedded model, offline (2-core CPU: 18-58 s by load)
+  ria-prune                                   # RIA, 50% unstructured, embedded model, offline (18-58 s, 2 cores)
   ria-prune --sparsity-type 2:4 --method wanda --json out/wanda-2of4.json
   ria-prune --model ./my-llama --calib-text calib.txt --eval-text test.txt --device cpu --save out/pruned
   ria-prune --model ./my-llama --calib-text calib.txt --no-eval --save out/pruned   # prune and save only
