@@ -61,7 +61,7 @@ SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PARAMS = ("compressed", "bitmask", "shape")
 # bytes of int64 index temporaries per conversion chunk (the row chunk is sized from it)
-_CHUNK_BYTES = 1 << 22
+_CHUNK_BYTES = 1 << 18
 
 # one nibble: kept-column bitmask (bits i0, i1 set) <-> our code i0 | i1 << 2; 255 = not a 2-of-4 group
 MASK_TO_CODE = [255] * 16

@@ -2,7 +2,8 @@
 transformers 4.57), run in that venv by ``tests/test_compressed_tensors.py``; ria_kernels is not
 imported here.
 
-``python peer_read_back.py CHECKPOINT_DIR OUT.safetensors`` writes two dense state dicts into OUT:
+``python peer_read_back.py CHECKPOINT_DIR OUT.safetensors [DIR OUT ...]`` writes, per pair, two dense
+state dicts into OUT:
 ``hf.<name>``: what ``transformers.AutoModelForCausalLM.from_pretrained(CHECKPOINT_DIR)`` loads (the
 older stack's own loading path: its compressed-tensors quantizer decompresses the weights), and
 ``ct.<name>``: what ``ModelCompressor.from_pretrained(dir).decompress(dir, model)`` writes into a
@@ -40,4 +41,7 @@ def main(src: str, out: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    pairs = sys.argv[1:]
+    if not pairs or len(pairs) % 2:
+        sys.exit("usage: peer_read_back.py CHECKPOINT_DIR OUT.safetensors [DIR OUT ...]")
+    sys.exit(max(main(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)))
