@@ -382,3 +382,40 @@ def test_why_not_2to4_reasons():
     assert why_not_2to4(torch.zeros(4, 8)) is None
     assert why_not_2to4(torch.ones(4, 6)) == "in_features=6 is not divisible by 4"
     assert "8 of 8 groups" in why_not_2to4(torch.ones(4, 8))
+
+
+# --------------------------------------------------------------------------- the CLI
+def test_cli_exports_compressed_tensors_and_refuses_it_with_permute(tmp_path, capsys):
+    from ria_kernels.cli import main
+    out = tmp_path / "ct"
+    assert main(["--sparsity-type", "2:4", "--method", "magnitude", "--no-eval", "--nsamples", "2", "--quiet",
+                 "--device", "cpu", "--save-sparse", str(out), "--save-sparse-format", "compressed-tensors"]) == 0
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["sparsity_config"]["format"] == "sparse-24-bitmask"
+    back = load_sparse(out)  # the embedded model: tied embeddings, re-tied on import
+    assert back.lm_head.weight is back.model.embed_tokens.weight
+    assert sum(isinstance(m, SparseLinear) for m in back.modules()) == 28
+    capsys.readouterr()
+    assert main(["--sparsity-type", "2:4", "--permute", "--no-eval", "--save-sparse", str(tmp_path / "p"),
+                 "--save-sparse-format", "compressed-tensors"]) == 2
+    assert "cannot hold a permuted model" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_cli_runs_a_compressed_tensors_checkpoint_without_pruning(tmp_path, capsys):
+    from conftest import make_text, make_tiny_tokenizer
+    from ria_kernels.cli import main
+    _, _, model = converted("llama")
+    src = tmp_path / "published"
+    save_sparse(model, src, format="compressed-tensors", tokenizer=make_tiny_tokenizer(tmp_path / "tok"))
+    text = tmp_path / "eval.txt"
+    text.write_text(make_text(400))
+    assert main(["--model", str(src), "--eval-text", str(text), "--seqlen", "16", "--max-eval-windows", "4",
+                 "--quiet", "--save-sparse", str(tmp_path / "ours")]) == 0
+    printed = capsys.readouterr().out
+    assert "14 of 15 linears as compact SparseLinear, no pruning" in printed and "perplexity:" in printed
+    again = load_sparse(tmp_path / "ours")  # re-saved in this package's format
+    assert (tmp_path / "ours" / "ria_sparse.json").is_file()
+    assert torch.equal(logits(again), logits(model))
+    assert main(["--model", str(src), "--eval-text", str(text), "--permute", "--sparsity-type", "2:4"]) == 2
+    assert "already 2:4 sparse" in capsys.readouterr().err
