@@ -30,7 +30,9 @@ here a byte at a time (256-entry tables), in row chunks so no temporary grows wi
   ``SparseLinear`` -- the dense weight is never materialised. Tensors are read one at a time from the
   safetensors files (own reader of the documented layout: an 8-byte header length, a JSON header,
   then the raw tensors) into their final buffers with ``readinto``, not through a memory map, so the
-  peak host memory is the loaded model plus one row chunk. Sharded checkpoints
+  peak host memory is the loaded model plus one row chunk. A checkpoint in compressed-tensors'
+  ``dense`` sparsity format (2:4 metadata over dense ``P.weight`` tensors) is read one linear at a
+  time, and the linears that are exactly 2:4 are compressed (one transient dense linear). Sharded checkpoints
   (``model.safetensors.index.json``) and float16 / bfloat16 / float32 values are read; fp8 values,
   sparse + quantized models and other sparsity formats are refused with one line naming the format.
 - :func:`save_compressed_tensors` (``save_sparse(model, dir, format="compressed-tensors")``) writes a
@@ -287,9 +289,9 @@ def _check_supported(qc: dict, directory: Path) -> dict:
         raise RiaInputError(f"{where} {'sparse ' + fmt + ' + ' if fmt else ''}quantized format {', '.join(fmts)}): "
                             "quantized weights cannot be represented in this package's 2:4 format (fp16/bf16/fp32 "
                             "values only)")
-    if fmt != FORMAT:
-        raise RiaInputError(f"{where} sparsity format {fmt!r}): only {FORMAT!r} (2:4) can be loaded into the compact "
-                            "2:4 format")
+    if fmt not in (FORMAT, "dense"):
+        raise RiaInputError(f"{where} sparsity format {fmt!r}): only {FORMAT!r} (2:4), or 'dense' weights that are "
+                            "2:4, can be loaded into the compact 2:4 format")
     if isinstance(qc.get("transform_config"), dict) and qc["transform_config"]:
         raise RiaInputError(f"{where} with a transform_config): transformed (rotated) weights are not supported")
     return sc
@@ -314,7 +316,7 @@ def load_compressed_tensors(directory: str | os.PathLike, *, device: str | torch
     if qc is None:
         raise RiaInputError(f"{str(directory)!r} is not a compressed-tensors checkpoint (no quantization_config with "
                             f"quant_method {QUANT_METHOD!r} in config.json)")
-    _check_supported(qc, directory)
+    dense_format = _check_supported(qc, directory).get("format") == "dense"
     if memory not in MEMORY_MODES:
         raise RiaInputError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
     if dtype is not None and dtype not in SPARSE24_DTYPES:
@@ -339,7 +341,7 @@ def load_compressed_tensors(directory: str | os.PathLike, *, device: str | torch
         if vd in _FP8:
             raise RiaInputError(f"{str(directory)!r}: {p}.compressed holds {vd} (fp8) values; this package's 2:4 format "
                                 "holds float16 / bfloat16 / float32 values only")
-    if not prefixes:
+    if not prefixes and not dense_format:
         raise RiaInputError(f"{str(directory)!r} says {FORMAT} but holds no compressed linear (no *.compressed tensor)")
 
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
@@ -394,6 +396,27 @@ def load_compressed_tensors(directory: str | os.PathLike, *, device: str | torch
             raise RiaInputError(f"{str(directory)!r}: the model's {p} has a bias, the checkpoint has no {p}.bias")
         new[p] = SparseLinear.from_compressed(cast(values), meta.to(device), bias, backend=backend, memory=memory)
         names -= {f"{p}.{leaf}" for leaf in (*PARAMS, "bias")}
+    if dense_format:  # sparsity metadata over dense weights: compress the linears that are exactly 2:4, one at a time
+        from .inference import why_not_2to4
+        ignore = set((qc.get("sparsity_config") or {}).get("ignore") or [])
+        kept_dense: dict[str, str] = {}
+        for p, lin in list(model.named_modules()):
+            if not isinstance(lin, nn.Linear) or f"{p}.weight" not in names:
+                continue
+            if p in ignore:
+                kept_dense[p] = "listed in sparsity_config.ignore"
+                continue
+            w = ckpt.read(f"{p}.weight")
+            why = why_not_2to4(w) if list(w.shape) == [lin.out_features, lin.in_features] else "shape mismatch"
+            if why is not None or w.dtype not in SPARSE24_DTYPES:
+                kept_dense[p] = why or f"dtype {w.dtype}"
+                continue  # read again below with the other dense tensors
+            bias = cast(ckpt.read(f"{p}.bias")) if f"{p}.bias" in names else None
+            new[p] = SparseLinear(cast(w), bias, backend, memory=memory)  # compresses; the dense w is dropped here
+            del w
+            names -= {f"{p}.weight", f"{p}.bias"}
+        for p, why in list(kept_dense.items())[:8]:
+            logger.info("load_sparse: %s stays dense nn.Linear: %s", p, why)
     expected = dict(model.state_dict(keep_vars=True))
     rest = {}
     for name in sorted(names):

@@ -419,3 +419,24 @@ def test_cli_runs_a_compressed_tensors_checkpoint_without_pruning(tmp_path, caps
     assert torch.equal(logits(again), logits(model))
     assert main(["--model", str(src), "--eval-text", str(text), "--permute", "--sparsity-type", "2:4"]) == 2
     assert "already 2:4 sparse" in capsys.readouterr().err
+
+
+def test_dense_format_checkpoint_with_24_weights_is_compressed_linear_by_linear(tmp_path):
+    """compressed-tensors' ``dense`` sparsity format (2:4 metadata over dense weights, as some published
+    dense 2:4 models are stored): the linears that are exactly 2:4 become compact SparseLinear."""
+    d = tmp_path / "dense24"
+    d.mkdir()
+    weights = load_file(str(PEER_DENSE))
+    weights["model.layers.0.mlp.up_proj.weight"] = weights["model.layers.0.mlp.up_proj.weight"] + 1  # not 2:4
+    save_file(weights, str(d / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((PEER / "config.json").read_text())
+    cfg["quantization_config"]["sparsity_config"]["format"] = "dense"
+    (d / "config.json").write_text(json.dumps(cfg))
+    model = load_sparse(d)
+    sparse = {n: m for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+    assert len(sparse) == 13 and "model.layers.0.mlp.up_proj" not in sparse
+    assert all(m.weight is None for m in sparse.values())
+    for n, m in sparse.items():
+        assert torch.equal(m.dense_weight(), weights[f"{n}.weight"])
+    assert type(model.lm_head) is torch.nn.Linear
+    assert torch.equal(model.model.layers[0].mlp.up_proj.weight, weights["model.layers.0.mlp.up_proj.weight"])
