@@ -742,6 +742,12 @@ def _run_compressed_tensors(args, argv, t_total: float, started: str) -> dict:
         raise RiaInputError("--device map is not supported for a compressed-tensors checkpoint; use cpu or cuda")
     if args.no_eval and not args.save_sparse:
         raise RiaInputError("--no-eval without --save-sparse: nothing to do with the loaded checkpoint")
+    for flag, value, lo in (("--seqlen", args.seqlen, 2), ("--max-eval-windows", args.max_eval_windows, 1),
+                            ("--eval-batch-size", args.eval_batch_size, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < lo:
+            raise RiaInputError(f"{flag} must be >= {lo}, got {value}")
+    if args.eval_text is not None and not Path(args.eval_text).is_file():
+        raise RiaInputError(f"--eval-text: text file not found: {args.eval_text}")
     if not args.no_eval and not (args.eval_text or args.eval_dataset):
         raise RiaInputError("evaluating a --model checkpoint needs --eval-text PATH or --eval-dataset (or --no-eval)")
     if args.save_sparse:

@@ -419,6 +419,8 @@ def test_cli_runs_a_compressed_tensors_checkpoint_without_pruning(tmp_path, caps
     assert torch.equal(logits(again), logits(model))
     assert main(["--model", str(src), "--eval-text", str(text), "--permute", "--sparsity-type", "2:4"]) == 2
     assert "already 2:4 sparse" in capsys.readouterr().err
+    assert main(["--model", str(src), "--eval-text", str(tmp_path / "missing.txt")]) == 2
+    assert "--eval-text: text file not found" in capsys.readouterr().err
 
 
 def test_dense_format_checkpoint_with_24_weights_is_compressed_linear_by_linear(tmp_path):
