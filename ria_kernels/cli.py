@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-sparse", metavar="DIR", help="2:4 only: convert with to_sparse_inference and write a "
                    "compressed checkpoint (2:4 values + indices, permutations, config, tokenizer; about 0.56x the "
                    "dense linear bytes); load it with ria_kernels.load_sparse(DIR)")
+    g.add_argument("--save-sparse-format", choices=["ria_kernels", "compressed-tensors"], default="ria_kernels",
+                   help="format of --save-sparse: this package's (default) or compressed-tensors' sparse-24-bitmask "
+                        "for transformers 4.57 + compressed-tensors 0.14 / older vLLM (not with --permute)")
     g.add_argument("--json", metavar="PATH", help="write the JSON report here (schema: docs/report_schema.md)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an existing --save / --save-sparse directory or --json file (the old contents are removed)")
@@ -271,6 +274,12 @@ def _check_flags(args) -> None:
             b = Path(other).expanduser().resolve() if other else None
             if b is not None and (a == b or (flag == "--save" and (a in b.parents or b in a.parents))):
                 raise RiaInputError(f"--save-sparse must not be (or overlap) the {flag} path {other}")
+    if args.save_sparse_format != "ria_kernels" and not args.save_sparse:
+        raise RiaInputError("--save-sparse-format needs --save-sparse DIR")
+    if args.save_sparse_format == "compressed-tensors" and args.permute:
+        raise RiaInputError("--save-sparse-format compressed-tensors cannot hold a permuted model (its 2:4 pattern "
+                            "holds only in permuted channel order, which a standard HF module cannot express); "
+                            "drop --permute or keep the ria_kernels format")
     if args.offload and args.device == "cpu":
         _warn("--offload keeps activations on the CPU; with --device cpu it changes nothing")
 
@@ -329,7 +338,8 @@ def _check_args(args):
         if str(spec) != "2:4":
             raise RiaInputError(f"--save-sparse needs --sparsity-type 2:4 (the compressed format is 2:4), got {spec}")
         validate_output_path(args.save_sparse, kind="dir", flag="--save-sparse", source=source,
-                             overwrite=args.overwrite, markers=("ria_sparse.json",))
+                             overwrite=args.overwrite, markers=("ria_sparse.json",) if args.save_sparse_format
+                             == "ria_kernels" else ("config.json",))
     if args.json:
         validate_output_path(args.json, kind="file", flag="--json", source=source, overwrite=args.overwrite)
     _resolve_device(args.device)  # last: it imports torch (to ask for CUDA), every check above does not
@@ -702,6 +712,10 @@ def run(args, argv: list[str] | None = None) -> dict:
     returns the run report (schema: docs/report_schema.md)."""
     t_total = time.perf_counter()
     started = _now()
+    if args.model is not None:
+        from ._ct_config import is_compressed_tensors_checkpoint
+        if is_compressed_tensors_checkpoint(Path(args.model).expanduser()):  # already 2:4: load compact, no pruning
+            return _run_compressed_tensors(args, argv, t_total, started)
     spec = _check_args(args)  # fail before loading anything (and before importing torch)
     if args.quiet:  # after the checks: importing transformers takes a second
         try:
@@ -847,7 +861,8 @@ def run(args, argv: list[str] | None = None) -> dict:
         if not args.sparse_inference:
             to_sparse_inference(model, report)
         save_dtype = _save_dtype(args, source_dtype, next(model.parameters()).dtype)
-        save_sparse(model, args.save_sparse, report=report, tokenizer=tok, overwrite=args.overwrite, dtype=save_dtype)
+        save_sparse(model, args.save_sparse, report=report, tokenizer=tok, overwrite=args.overwrite, dtype=save_dtype,
+                    format=args.save_sparse_format)
         result["settings"]["save_dtype"] = _dtype_name(save_dtype)
         timings["save_sparse"] = time.perf_counter() - t
         result["outputs"]["save_sparse"] = str(args.save_sparse)
@@ -865,7 +880,90 @@ def _fmt_ppl(entry: dict | None) -> str:
     return f"{entry['ppl']:.3f}" if entry.get("ppl") is not None else "inf"
 
 
+def _run_compressed_tensors(args, argv, t_total: float, started: str) -> dict:
+    """``--model DIR`` holding a compressed-tensors sparse-24-bitmask checkpoint (a model pruned elsewhere):
+    load it straight into compact SparseLinear modules, evaluate it, optionally --save-sparse it; no pruning."""
+    import torch
+
+    from ._io import validate_output_path
+    from .calibration import model_max_positions
+    from .evaluation import evaluate_perplexity
+    from .run_report import machine, versions
+    from .sparse_checkpoint import load_sparse, save_sparse
+    parser = build_parser()
+    pruning = ["method", "sparsity_ratio", "a", "per_output", "permute", "lsa", "blocks", "reconstruction",
+               "blocksize", "percdamp", "layerwise", "beta", "owl_lambda", "owl_m", "nsamples", "calib_text",
+               "calib_dataset", "save", "save_dtype", "json", "eval_zero_shot", "sparse_inference", "offload", "backend"]
+    given = [k for k in pruning if getattr(args, k) != parser.get_default(k)]
+    if given or args.sparsity_type not in ("unstructured", "2:4"):
+        flag = "--" + (given[0] if given else "sparsity_type").replace("_", "-")
+        raise RiaInputError(f"--model {args.model} is a compressed-tensors checkpoint that is already 2:4 sparse: it "
+                            f"is loaded and evaluated as it is, {flag} does not apply")
+    device = _resolve_device(args.device)
+    if device == "map":
+        raise RiaInputError("--device map is not supported for a compressed-tensors checkpoint; use cpu or cuda")
+    if args.no_eval and not args.save_sparse:
+        raise RiaInputError("--no-eval without --save-sparse: nothing to do with the loaded checkpoint")
+    for flag, value, lo in (("--seqlen", args.seqlen, 2), ("--max-eval-windows", args.max_eval_windows, 1),
+                            ("--eval-batch-size", args.eval_batch_size, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < lo:
+            raise RiaInputError(f"{flag} must be >= {lo}, got {value}")
+    if args.eval_text is not None and not Path(args.eval_text).is_file():
+        raise RiaInputError(f"--eval-text: text file not found: {args.eval_text}")
+    if not args.no_eval and not (args.eval_text or args.eval_dataset):
+        raise RiaInputError("evaluating a --model checkpoint needs --eval-text PATH or --eval-dataset (or --no-eval)")
+    if args.save_sparse:
+        validate_output_path(args.save_sparse, kind="dir", flag="--save-sparse", source=args.model,
+                             overwrite=args.overwrite, markers=("ria_sparse.json", "config.json"))
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    model = load_sparse(Path(args.model).expanduser(), device=device, dtype=dtype)
+    timings["load"] = time.perf_counter() - t
+    tok = None
+    try:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(Path(args.model).expanduser(), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - needed only to evaluate
+        if not args.no_eval:
+            raise RiaInputError(f"cannot load the tokenizer of {args.model!r}: {_first_line(exc)}") from None
+    threads_source = _set_threads(args, model)
+    n_linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    summary = _sparse_inference_summary(model, 0, str(device))
+    summary["linears"] = summary["converted"] + n_linears
+    result = {"imported": {"format": "compressed-tensors sparse-24-bitmask", "source": args.model},
+              "tool": {"name": "ria-prune", "argv": list(sys.argv[1:] if argv is None else argv), "started_at": started},
+              "versions": versions(), "machine": machine(str(device), threads_source),
+              "model": {"source": args.model, "dtype": _dtype_name(next(model.parameters()).dtype)},
+              "evaluation": None, "sparse_inference": summary, "outputs": {"save_sparse": None}, "timings_s": timings}
+    if not args.no_eval:
+        seqlen = args.seqlen or min(2048, model_max_positions(model) or 2048)
+        ids, source = _eval_ids(args, tok, seqlen, None)
+        t = time.perf_counter()
+        res = evaluate_perplexity(model, ids, seqlen, desc="perplexity", max_windows=args.max_eval_windows,
+                                  progress=not args.quiet, batch_size=args.eval_batch_size or 1)
+        timings["eval"] = time.perf_counter() - t
+        result["evaluation"] = {"source": source, "seqlen": seqlen, "sparse_inference": _ppl_entry(res, timings["eval"])}
+    if args.save_sparse:
+        save_sparse(model, args.save_sparse, tokenizer=tok, overwrite=args.overwrite, format=args.save_sparse_format)
+        result["outputs"]["save_sparse"] = str(args.save_sparse)
+    timings["total"] = time.perf_counter() - t_total
+    return result
+
+
 def _summary(r: dict) -> str:
+    if r.get("imported"):
+        si, ev = r["sparse_inference"], r.get("evaluation")
+        lines = [f"ria-prune: {r['model']['source']} ({r['imported']['format']}, {r['model']['dtype']}) loaded on "
+                 f"{r['machine']['device']}: {si['converted']} of {si['linears']} linears as compact SparseLinear, "
+                 "no pruning"]
+        if ev:
+            lines.append(f"  perplexity: {_fmt_ppl(ev['sparse_inference'])}   ({ev['sparse_inference']['windows']} "
+                         f"windows x {ev['seqlen']}; {si['note']})")
+        if r["outputs"]["save_sparse"]:
+            lines.append(f"  compressed 2:4 checkpoint: {r['outputs']['save_sparse']}")
+        lines.append(f"  total time: {r['timings_s']['total']:.1f} s")
+        return "\n".join(lines)
     s, m = r["settings"], r["model"]
     lines = [f"ria-prune: {m['source']} ({m['family']}) on {r['machine']['device']} ({m['dtype']}): "
              f"method {s['method']}, sparsity {s['sparsity_type'] if s['n'] else s['sparsity_ratio']}"]

@@ -49,6 +49,7 @@ FORMAT_VERSION = 1
 METADATA_FILE = "ria_sparse.json"
 TENSORS_FILE = "model.safetensors"
 PERMUTATIONS_FILE = "permutations.safetensors"
+SAVE_FORMATS = ("ria_kernels", "compressed-tensors")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -90,12 +91,20 @@ def _tensors_to_save(model: nn.Module, layout: dict[str, dict]) -> tuple[dict[st
 
 @torch.no_grad()
 def save_sparse(model: nn.Module, directory: str | os.PathLike, *, report=None, tokenizer=None,
-                overwrite: bool = False, dtype: torch.dtype | None = None) -> Path:
+                overwrite: bool = False, dtype: torch.dtype | None = None, format: str = "ria_kernels") -> Path:
     """Write the converted ``model`` as a compressed checkpoint in ``directory`` (see the module
     docstring for the files); returns the directory. ``report``: the ``PruneReport`` (its method,
     sparsity and permutations are recorded); ``tokenizer``: saved alongside when given; ``dtype``:
     the dtype of every floating tensor in the file (default: as held; ``ria-prune`` passes the
-    source checkpoint's dtype, so that a float32 working copy does not double the file)."""
+    source checkpoint's dtype, so that a float32 working copy does not double the file).
+    ``format="compressed-tensors"``: compressed-tensors' ``sparse-24-bitmask`` instead, for the older
+    stacks (unpermuted models only; :mod:`ria_kernels.compressed_tensors`)."""
+    if format not in SAVE_FORMATS:
+        raise RiaInputError(f"format must be one of {SAVE_FORMATS}, got {format!r}")
+    if format == "compressed-tensors":
+        from .compressed_tensors import save_compressed_tensors
+        return save_compressed_tensors(model, directory, report=report, tokenizer=tokenizer, overwrite=overwrite,
+                                       dtype=dtype)
     from safetensors.torch import save_file
 
     from .models import get_adapter
@@ -203,7 +212,9 @@ def _skeleton(directory: Path):
 @torch.no_grad()
 def load_sparse(directory: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                 memory: str = "compact", backend: str | None = None) -> nn.Module:
-    """Rebuild the converted model saved by :func:`save_sparse` in ``directory`` on ``device``.
+    """Rebuild the converted model saved by :func:`save_sparse` in ``directory`` on ``device`` -- or load a
+    compressed-tensors ``sparse-24-bitmask`` checkpoint (detected from its ``config.json``) straight into
+    the compact format (:func:`ria_kernels.compressed_tensors.load_compressed_tensors`).
 
     ``dtype``: cast the floating tensors (default: as saved); ``memory`` / ``backend``: the
     ``SparseLinear`` memory mode (``"compact"``, ``"fast"``: the tensor-core copy is built from the
@@ -211,6 +222,10 @@ def load_sparse(directory: str | os.PathLike, *, device: str | torch.device = "c
     tokenizer, if saved, loads with ``AutoTokenizer.from_pretrained(directory)``."""
     from safetensors.torch import load_file
     directory = Path(directory)
+    from .compressed_tensors import is_compressed_tensors_checkpoint, load_compressed_tensors
+    if not (directory / METADATA_FILE).is_file() and is_compressed_tensors_checkpoint(directory):
+        # a compressed-tensors sparse-24-bitmask checkpoint (a published 2:4 model): straight to compact
+        return load_compressed_tensors(directory, device=device, dtype=dtype, memory=memory, backend=backend)
     meta = read_sparse_metadata(directory)
     if memory not in MEMORY_MODES:
         raise RiaInputError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
