@@ -101,3 +101,28 @@ def guarded(shape, dtype, guard: int = GUARD):
             same = torch.isnan(part) if base_dtype.is_floating_point else part == want
             assert bool(same.all()), f"{int((~same).sum())} guard elements {name} the output were written"
     return out, check
+
+
+# --------------------------------------------------------------------------- int64 row offsets
+# A row stride that fits int32 but whose row offsets do not: S = 2^31 - 2^20, row 2 starts at
+# 2S = 2^32 - 2^21. Done in int32, that offset wraps to -2^21; the view starts 2^21 elements
+# into its storage, so the wrapped address is element 0 (a zero page) and a missing int64 cast
+# reads zeros there instead of crashing. The 8 GiB fp16 storage is only reserved, never
+# touched, except for the pages of the three rows (the kernels read the view in place).
+HUGE_STRIDE = 2**31 - 2**20
+HUGE_OFFSET = 2**21
+
+
+def huge_row_view(cols: int, seed: int = 0, dtype=torch.float16) -> torch.Tensor:
+    """A 3 x ``cols`` view with row stride HUGE_STRIDE over a lazily allocated storage, rows
+    filled with randn values (none zero). Skips the test where the address space is refused."""
+    rows = 3
+    try:
+        storage = torch.empty(HUGE_OFFSET + (rows - 1) * HUGE_STRIDE + cols, dtype=dtype, device=DEVICE)
+    except (RuntimeError, MemoryError) as exc:  # pragma: no cover - depends on the machine's overcommit
+        pytest.skip(f"cannot reserve 8 GiB of address space: {exc}")
+    view = storage.as_strided((rows, cols), (HUGE_STRIDE, 1), HUGE_OFFSET)
+    g = torch.Generator().manual_seed(seed)
+    vals = torch.randn(rows, cols, generator=g)
+    view.copy_((vals + vals.sign() * 0.1).to(dtype))  # |value| >= 0.1: a zero read shows
+    return view
