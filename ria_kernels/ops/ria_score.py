@@ -305,7 +305,9 @@ def aot_cases():
             return pruning_score(w, torch.ones(shape[1]), method, 0.5, backend="triton")
         return f"score {method} {dtype} {shape[0]}x{shape[1]}", run
 
-    for shape in ((8192, 28672), (28672, 8192), (4096, 4096), (7, 36), (1, 5)):
+    # pass 1 at 132 SMs: 16-row strips (small shapes), 32 (4096^2), 64 (8192x4096), 128 (8192^2),
+    # 256 (8192x28672): every ROWS_PER_PROG abs_sums_config can return
+    for shape in ((8192, 28672), (28672, 8192), (4096, 4096), (8192, 4096), (8192, 8192), (7, 36), (1, 5)):
         yield case(shape, "fp16", "ria")
     for dtype in ("bf16", "fp32"):
         yield case((4096, 4096), dtype, "ria")
