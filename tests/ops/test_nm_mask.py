@@ -18,8 +18,10 @@ def test_nm_topk_kernel_exact(rows, n, m, k):
     s = rand(rows, m * k, seed=rows * 31 + m * 7 + k)
     s[0, :m] = 0.5  # a fully tied group: lower column index must win
     s[rows // 2] = 0  # an all-zero row (every group fully tied)
-    mask_out, sums_out = poisoned((rows, m * k), torch.bool), poisoned((rows, k), torch.float32)
+    (mask_out, check_mask), (sums_out, check_sums) = guarded((rows, m * k), torch.bool), guarded((rows, k), torch.float32)
     mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
+    check_mask()
+    check_sums()  # no store past the (small) sums buffer
     assert mask.data_ptr() == mask_out.data_ptr() and sums.data_ptr() == sums_out.data_ptr()
     ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
     assert_mask_written(mask, ref_mask)
@@ -161,8 +163,10 @@ def test_nan_inf_scores_keep_exactly_m_minus_n(n, m):
     s[4, 2 * m] = float("nan")
     s[4, 2 * m + 1] = float("inf")
     s[5, :] = torch.where(torch.arange(4 * m) % 2 == 0, -0.0, 0.0)  # -0.0 == +0.0: lower index wins
-    mask_out, sums_out = poisoned((7, 4 * m), torch.bool), poisoned((7, 4), torch.float32)
+    (mask_out, check_mask), (sums_out, check_sums) = guarded((7, 4 * m), torch.bool), guarded((7, 4), torch.float32)
     mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
+    check_mask()
+    check_sums()
     ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
     assert_mask_written(mask, ref_mask)
     assert bool((mask.reshape(7, 4, m).sum(-1) == m - n).all())

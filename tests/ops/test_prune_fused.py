@@ -32,8 +32,10 @@ def _inputs(shape, dtype, seed):
 def test_fused_prune_matches_reference(shape, dtype, method, sparsity):
     seed = hash((shape, str(dtype), method, sparsity)) % 10_000
     w, act = _inputs(shape, dtype, seed)
-    out, mask_out = poisoned(shape, dtype), poisoned(shape, torch.bool)
+    (out, check_out), (mask_out, check_mask) = guarded(shape, dtype), guarded(shape, torch.bool)
     got_w, got_m = fused_prune(w, act, method, 0.5, sparsity, backend="triton", out=out, mask_out=mask_out)
+    check_out()
+    check_mask()
     ref_w, ref_m = fused_prune_reference(w, act, method, 0.5, sparsity)
     assert got_w.data_ptr() == out.data_ptr() and got_m.data_ptr() == mask_out.data_ptr()
     assert_mask_written(got_m, ref_m)

@@ -32,9 +32,11 @@ def test_kernel_matches_reference(shape, dtype, permute, residual):
     r = rand(*shape, dtype=dtype, seed=seed + 2) if residual else None
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(shape[-1], generator=g).to(DEVICE) if permute else None
-    out = poisoned(shape, dtype)
-    res_out = poisoned(shape, dtype) if residual else None
+    out, check_out = guarded(shape, dtype)
+    res_out, check_res = guarded(shape, dtype) if residual else (None, lambda: None)
     got = permuted_rms_norm(x, w, perm, 1e-6, r, backend="triton", out=out, residual_out=res_out)
+    check_out()
+    check_res()
     y, h = (got if residual else (got, None))
     assert y.data_ptr() == out.data_ptr()
     ry, rh = _ref64(x, w, perm, 1e-6, r)
