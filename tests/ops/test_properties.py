@@ -170,10 +170,10 @@ def test_permuted_rms_norm(data, tokens, h, dtype, permute, residual, weight_per
         torch.testing.assert_close(got[1], ref[1], rtol=tol, atol=0, equal_nan=True)
 
 
-@given(data=st.data(), r=dims(hi=70), j=dims(hi=70), b=dims(hi=70))
-def test_lsa_gain(data, r, j, b):
-    x = data.draw(matrices(r, j, torch.float32, specials=(-0.0, 0.0), strided=False))
-    t = data.draw(matrices(r, b, torch.float32, specials=(-0.0, 0.0), strided=False))
+@given(data=st.data(), r=dims(hi=70), j=dims(hi=70), b=dims(hi=70), dtype=st.sampled_from(DTYPES))
+def test_lsa_gain(data, r, j, b, dtype):
+    x = data.draw(matrices(r, j, dtype, specials=(-0.0, 0.0)))
+    t = data.draw(matrices(r, b, dtype, specials=(-0.0, 0.0)))
     got = _lsa_gain_triton(x, t)
     ref = lsa_gain_reference(x, t)
     # float32 accumulation of r non-negative terms vs float64: relative to the sum itself
