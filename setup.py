@@ -82,8 +82,9 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "triton", "transformers>=4.45", "scipy", "numpy", "tqdm", "safetensors"],
     extras_require={
-        # accelerate: the device_map="auto" offload path is tested; lapx: the lapjv LSA solver is tested
-        "test": ["pytest", "accelerate", "lapx>=0.11"],
+        # accelerate: the device_map="auto" offload path is tested; lapx: the lapjv LSA solver is tested;
+        # hypothesis: the property tests of the kernels (tests/ops/test_properties.py)
+        "test": ["pytest", "hypothesis", "accelerate", "lapx>=0.11"],
         "fast": ["lapx>=0.11"],  # opt-in exact Jonker-Volgenant LSA solver (RIA_KERNELS_LSA_SOLVER=lapjv)
         "bench": ["matplotlib"],
         "data": ["datasets"],

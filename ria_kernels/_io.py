@@ -8,7 +8,8 @@
   are fsynced and it is renamed into place (an existing target is removed only then,
   with ``overwrite``); on any exception, KeyboardInterrupt included, it is deleted, so
   an interrupted run never leaves a directory that looks complete.
-- :func:`atomic_write_text` does the same for one file (temporary sibling, fsync, rename).
+- :func:`atomic_write_text` does the same for one file (temporary sibling, fsync, rename), with
+  the mode a plain ``open()`` would give it (0666 minus the umask), as the directories get.
 - :func:`cache_dir` is where the package keeps what it builds or measures once per machine
   (the SparseLinear tuning table, the native LSA gain kernel).
 
@@ -98,10 +99,15 @@ def validate_output_path(path: str | os.PathLike, *, kind: str, flag: str = "out
     return p
 
 
-def _fsync_tree(root: Path) -> None:
-    """Usual permissions (mkdtemp makes 0700 directories, some writers 0600 files), then fsync all."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
+    return umask
+
+
+def _fsync_tree(root: Path) -> None:
+    """Usual permissions (mkdtemp makes 0700 directories, some writers 0600 files), then fsync all."""
+    umask = _umask()
     for dirpath, _dirs, files in os.walk(root):
         os.chmod(dirpath, 0o777 & ~umask)
         for name in files:
@@ -164,6 +170,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a plain open() would honour the umask
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:

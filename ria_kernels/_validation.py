@@ -4,11 +4,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import torch
+from typing import TYPE_CHECKING
 
 from ._errors import RiaInputError
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+if TYPE_CHECKING:
+    import torch
+
+
+def __getattr__(name: str):
+    # torch is imported on first use: the CLI parses --sparsity-type before torch is loaded
+    if name == "FLOAT_DTYPES":
+        import torch
+        return (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,10 @@ def parse_sparsity(sparsity: float | str | SparsitySpec) -> SparsitySpec:
     return SparsitySpec(ratio=check_ratio(sparsity))
 
 
-def check_matrix(t: torch.Tensor, name: str, dtypes=FLOAT_DTYPES) -> None:
+def check_matrix(t: torch.Tensor, name: str, dtypes=None) -> None:
+    import torch
+    if dtypes is None:
+        dtypes = __getattr__("FLOAT_DTYPES")
     if not isinstance(t, torch.Tensor):
         raise RiaInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 2:
@@ -84,6 +96,7 @@ def check_act_norm(act_norm: torch.Tensor, name: str = "act_norm") -> None:
     """An activation l2 norm must be a finite, non-negative float tensor (one device sync).
     A negative entry would make ``act_norm ** a`` NaN and a NaN/inf would poison every score
     of its column, so both are rejected at the entry point instead of pruning garbage."""
+    import torch
     if not isinstance(act_norm, torch.Tensor) or not act_norm.dtype.is_floating_point:
         raise RiaInputError(f"{name} must be a floating-point tensor, got "
                             f"{getattr(act_norm, 'dtype', type(act_norm).__name__)}")

@@ -26,14 +26,11 @@ _C4_FILES = {"train": "en/c4-train.00000-of-01024.json.gz",
 
 
 # --------------------------------------------------------------------- text ---
-def read_text(path: str | Path) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise RiaInputError(f"text file not found: {p}")
-    text = p.read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
-        raise RiaInputError(f"text file is empty: {p}")
-    return text
+def read_text(path: str | Path, encoding: str = "utf-8", *, flag: str | None = None) -> str:
+    """The text of ``path``, decoded strictly: bytes invalid in ``encoding`` are a RiaInputError
+    naming the file and the byte offset (see :mod:`ria_kernels._text`), never replaced."""
+    from ._text import read_text as _read_text
+    return _read_text(path, encoding, flag)
 
 
 def tokenize_text(tokenizer, text: str, *, add_special_tokens: bool = False) -> torch.Tensor:
@@ -101,15 +98,16 @@ def calibration_from_text(tokenizer, text: str, nsamples: int, seqlen: int, seed
 
 
 def calibration_from_file(tokenizer, path: str | Path, nsamples: int, seqlen: int, seed: int = 0, *,
-                          model=None, max_positions: int | None = None) -> torch.Tensor:
+                          model=None, max_positions: int | None = None, encoding: str = "utf-8") -> torch.Tensor:
     """``nsamples`` random windows of ``seqlen`` tokens from a local text file (the offline
     calibration source): LongTensor [nsamples, seqlen]. ``seqlen`` must fit the model's
     positions: ``max_positions``, else ``model.config.max_position_embeddings``, else the
-    tokenizer's ``model_max_length`` (the same check as ``ria-prune --seqlen``)."""
+    tokenizer's ``model_max_length`` (the same check as ``ria-prune --seqlen``). The file is
+    decoded strictly with ``encoding``."""
     _check_window_args(nsamples, seqlen)
     limit = _max_positions(tokenizer, model, max_positions)
     check_seqlen(seqlen, limit)
-    return calibration_from_text(tokenizer, read_text(path), nsamples, seqlen, seed, max_positions=limit)
+    return calibration_from_text(tokenizer, read_text(path, encoding), nsamples, seqlen, seed, max_positions=limit)
 
 
 # ----------------------------------------------------------------- datasets ---

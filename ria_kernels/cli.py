@@ -21,7 +21,7 @@ from ._errors import BackendUnavailableError, RiaInputError
 
 EPILOG = """\
 examples:
-  ria-prune                                   # RIA, 50% unstructured, embedded model, offline, < 1 min on CPU
+  ria-prune                                   # RIA, 50% unstructured, embedded model, offline (18-58 s, 2 cores)
   ria-prune --sparsity-type 2:4 --method wanda --json out/wanda-2of4.json
   ria-prune --model ./my-llama --calib-text calib.txt --eval-text test.txt --device cpu --save out/pruned
   ria-prune --model ./my-llama --calib-text calib.txt --no-eval --save out/pruned   # prune and save only
@@ -50,7 +50,14 @@ outputs:
   not a non-empty directory unless --overwrite. They are written atomically (temporary sibling, fsync,
   rename); --save also writes DIR/ria_prune_report.json. The JSON report follows docs/report_schema.md
   (schema_version 1): settings, seed, data sources and token counts used, versions, device, backends,
-  per-linear sparsity and timings. Weights are saved in the source checkpoint's dtype (--save-dtype).
+  per-linear sparsity and timings. --save and --save-sparse write the weights in the source checkpoint's
+  dtype (--save-dtype to change it). Files are created with the usual permissions (0666 minus the umask).
+
+resources:
+  Before any weights load, --nsamples x --seqlen must fit in the calibration text (--cap-nsamples lowers
+  --nsamples instead), N:M must divide every linear's input width in config.json, and the memory the run
+  will hold (model, calibration activations, SparseGPT Hessians, one evaluation batch) must fit in what the
+  device has available (MemAvailable on a CPU); otherwise one error names the flag to lower.
 
 threads:
   On a CPU, models under 50M parameters run with one torch thread (small matmuls do not scale, and
@@ -63,6 +70,8 @@ Ctrl-C prints "ria-prune: interrupted" and exits with status 130.
 """
 
 SMALL_MODEL_PARAMS = 50_000_000
+# ria_kernels.embedded.EMBEDDED_DIR, named here without importing that module (it imports torch)
+EMBEDDED_DIR = Path(__file__).resolve().parent / "assets" / "embedded"
 RUN_MARKER = "ria_prune_report.json"  # written into every --save directory
 
 
@@ -83,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "map (device_map='auto': several GPUs / CPU offload). Default: auto")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="weights dtype while pruning (auto: float16 on GPU, float32 on CPU, also with --device map)")
+    g.add_argument("--skip-memory-check", action="store_true",
+                   help="run even when the memory estimate (model, calibration activations, Hessians, evaluation "
+                        "batch) exceeds what the device has available")
     g.add_argument("--threads", type=int,
                    help="torch CPU threads (default: 1 for models under 50M parameters on a CPU, else torch's default;"
                         " OMP_NUM_THREADS is respected)")
@@ -91,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sparsity-ratio", type=float,
                    help="fraction of weights pruned, unstructured only (default 0.5)")
     g.add_argument("--sparsity-type", default="unstructured", help="'unstructured' or N:M such as 2:4, 4:8, 1:4")
-    g.add_argument("--a", type=float, help="RIA activation exponent a (default 0.5; --method ria only)")
+    g.add_argument("--a", type=float, help="RIA activation exponent a in [0, 1] (default 0.5; --method ria only)")
     g.add_argument("--per-output", action="store_true",
                    help="unstructured: prune per output row (Wanda's default) instead of per layer (RIA's)")
     g.add_argument("--permute", action="store_true", help="N:M: channel permutation (allocation + LSA)")
@@ -122,10 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nsamples", type=int, help="calibration windows (default 128; 32 for the embedded model)")
     g.add_argument("--seqlen", type=int, help="tokens per window (default min(2048, model max); 128 for the embedded model)")
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampling (default 0)")
+    g.add_argument("--cap-nsamples", action="store_true",
+                   help="lower --nsamples to the windows the calibration text holds (tokens // seqlen) instead of "
+                        "refusing a run that asks for more")
     g.add_argument("--calib-text", help="local text file for calibration")
     g.add_argument("--calib-dataset", choices=["c4", "wikitext2", "ptb"], help="online calibration dataset")
     g.add_argument("--eval-text", help="local text file for perplexity")
     g.add_argument("--eval-dataset", choices=["wikitext2", "c4", "ptb"], help="online evaluation dataset")
+    g.add_argument("--text-encoding", help="encoding of --calib-text/--eval-text (default utf-8; bytes that are not "
+                   "valid in it are an error naming the byte offset)")
     g.add_argument("--max-eval-windows", type=int, help="cap the number of evaluation windows (recorded in the report)")
     g.add_argument("--eval-batch-size", type=int,
                    help="evaluation windows per forward pass (default: 16 for models under 50M parameters, else 1)")
@@ -136,14 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--save", metavar="DIR", help="write the pruned model (HF checkpoint), tokenizer and report")
     g.add_argument("--save-dtype", choices=["source", "float32", "float16", "bfloat16"],
-                   help="dtype of the saved weights (default: source, the checkpoint's own dtype)")
+                   help="dtype of the weights --save and --save-sparse write (default: source, the checkpoint's own "
+                        "dtype)")
     g.add_argument("--save-sparse", metavar="DIR", help="2:4 only: convert with to_sparse_inference and write a "
                    "compressed checkpoint (2:4 values + indices, permutations, config, tokenizer; about 0.56x the "
                    "dense linear bytes); load it with ria_kernels.load_sparse(DIR)")
+    g.add_argument("--save-sparse-format", choices=["ria_kernels", "compressed-tensors"], default="ria_kernels",
+                   help="format of --save-sparse: this package's (default) or compressed-tensors' sparse-24-bitmask "
+                        "for transformers 4.57 + compressed-tensors 0.14 / older vLLM (not with --permute)")
     g.add_argument("--json", metavar="PATH", help="write the JSON report here (schema: docs/report_schema.md)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an existing --save / --save-sparse directory or --json file (the old contents are removed)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--quiet", action="store_true", help="no progress bars (not with -v)")
     g.add_argument("-v", "--verbose", action="store_true", help="log backend choices and timings")
     return p
 
@@ -214,6 +235,16 @@ def _check_flags(args) -> None:
     if args.layerwise == "atp" and args.beta is None and args.nsamples is not None and args.nsamples < 2:
         raise RiaInputError("--layerwise atp without --beta searches beta on held-out calibration windows: "
                             "it needs --nsamples >= 2")
+    if args.quiet and args.verbose:
+        raise RiaInputError("--quiet and -v/--verbose contradict each other; pass one of them")
+    if args.a is not None and not (0.0 <= args.a <= 1.0):  # also refuses nan
+        raise RiaInputError(f"--a must be in [0, 1] (RIA's activation exponent: 0 is RI without activations, "
+                            f"1 weights them as Wanda does; the paper uses 0.5), got {args.a}")
+    if args.cap_nsamples and args.calib_dataset:
+        raise RiaInputError("--cap-nsamples applies to a calibration text file; --calib-dataset draws its windows "
+                            "from the dataset")
+    if args.text_encoding is not None and not (args.calib_text or args.eval_text):
+        raise RiaInputError("--text-encoding applies to --calib-text/--eval-text; pass one of them")
     if args.calib_text and args.calib_dataset:
         raise RiaInputError("pass only one of --calib-text and --calib-dataset")
     if args.eval_text and args.eval_dataset:
@@ -229,8 +260,8 @@ def _check_flags(args) -> None:
     if args.sparse_inference and args.sparsity_type.replace(" ", "") != "2:4":
         raise RiaInputError("--sparse-inference converts 2:4 linears only (the pattern sparse tensor cores run); "
                             f"--sparsity-type {args.sparsity_type} would leave every linear dense")
-    if args.save_dtype is not None and not args.save:
-        raise RiaInputError("--save-dtype needs --save DIR")
+    if args.save_dtype is not None and not (args.save or args.save_sparse):
+        raise RiaInputError("--save-dtype needs --save DIR or --save-sparse DIR")
     if args.overwrite and not (args.save or args.save_sparse or args.json):
         raise RiaInputError("--overwrite needs --save DIR, --save-sparse DIR or --json PATH")
     if args.save and args.json:
@@ -243,6 +274,12 @@ def _check_flags(args) -> None:
             b = Path(other).expanduser().resolve() if other else None
             if b is not None and (a == b or (flag == "--save" and (a in b.parents or b in a.parents))):
                 raise RiaInputError(f"--save-sparse must not be (or overlap) the {flag} path {other}")
+    if args.save_sparse_format != "ria_kernels" and not args.save_sparse:
+        raise RiaInputError("--save-sparse-format needs --save-sparse DIR")
+    if args.save_sparse_format == "compressed-tensors" and args.permute:
+        raise RiaInputError("--save-sparse-format compressed-tensors cannot hold a permuted model (its 2:4 pattern "
+                            "holds only in permuted channel order, which a standard HF module cannot express); "
+                            "drop --permute or keep the ria_kernels format")
     if args.offload and args.device == "cpu":
         _warn("--offload keeps activations on the CPU; with --device cpu it changes nothing")
 
@@ -250,6 +287,7 @@ def _check_flags(args) -> None:
 def _check_args(args):
     """Everything that can be checked before loading a model. Returns the sparsity spec."""
     from ._io import validate_output_path
+    from ._resources import check_nm_divisible, read_config, weight_files
     from ._validation import check_ratio, parse_sparsity
     _check_flags(args)
     if args.eval_zero_shot:
@@ -273,10 +311,11 @@ def _check_args(args):
             raise RiaInputError(f"{flag} must be >= {lo}, got {value}")
     if args.percdamp is not None and not (0 < args.percdamp < 1):
         raise RiaInputError(f"--percdamp must be in (0, 1), got {args.percdamp}")
+    from ._text import check_encoding, read_text
+    encoding = check_encoding(args.text_encoding or "utf-8", "--text-encoding")
     for flag, path in (("--calib-text", args.calib_text), ("--eval-text", args.eval_text)):
-        if path is not None and not Path(path).is_file():
-            raise RiaInputError(f"{flag}: text file not found: {path}")
-    _resolve_device(args.device)
+        if path is not None:
+            read_text(path, encoding, flag)  # a directory, missing file or undecodable byte: one line, now
     if args.model is not None:
         m = Path(args.model).expanduser()
         if m.exists() and not m.is_dir():
@@ -285,6 +324,12 @@ def _check_args(args):
             raise RiaInputError(f"--model {args.model}: local model directory not found")
         if m.is_dir() and not (m / "config.json").is_file():
             raise RiaInputError(f"--model {args.model}: no config.json in this directory (not a HF model checkpoint)")
+        if m.is_dir() and not weight_files(m):
+            raise RiaInputError(f"--model {args.model}: no weights in this directory (config.json but no "
+                                "*.safetensors or pytorch_model*.bin)")
+    config_dir = _local_config_dir(args)
+    if spec.is_nm and config_dir is not None:  # before the weights: the widths are in config.json
+        check_nm_divisible(read_config(config_dir), spec.m, "--sparsity-type", str(spec))
     source = args.model if args.model is not None and Path(args.model).expanduser().exists() else None
     if args.save:
         validate_output_path(args.save, kind="dir", flag="--save", source=source, overwrite=args.overwrite,
@@ -293,10 +338,20 @@ def _check_args(args):
         if str(spec) != "2:4":
             raise RiaInputError(f"--save-sparse needs --sparsity-type 2:4 (the compressed format is 2:4), got {spec}")
         validate_output_path(args.save_sparse, kind="dir", flag="--save-sparse", source=source,
-                             overwrite=args.overwrite, markers=("ria_sparse.json",))
+                             overwrite=args.overwrite, markers=("ria_sparse.json",) if args.save_sparse_format
+                             == "ria_kernels" else ("config.json",))
     if args.json:
         validate_output_path(args.json, kind="file", flag="--json", source=source, overwrite=args.overwrite)
+    _resolve_device(args.device)  # last: it imports torch (to ask for CUDA), every check above does not
     return spec
+
+
+def _local_config_dir(args) -> Path | None:
+    """The directory whose config.json describes the model, when it is local (embedded or a directory)."""
+    if args.model is None:
+        return EMBEDDED_DIR
+    m = Path(args.model).expanduser()
+    return m if (m / "config.json").is_file() else None
 
 
 # ------------------------------------------------------------------ loading ---
@@ -322,8 +377,9 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def _load_hf(args, device: str, dtype):
-    """(model, tokenizer, source_dtype) of a local directory or hub id, each failure one line."""
+def _load_hf_tokenizer(args):
+    """(src, from_pretrained kwargs, config, tokenizer, source_dtype) of a local directory or hub id,
+    each failure one line; no weights are read yet."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from .models import check_config
@@ -355,6 +411,13 @@ def _load_hf(args, device: str, dtype):
                             f"{_first_line(exc)}") from None
     if tok is None or isinstance(tok, bool):
         raise RiaInputError(f"cannot load the tokenizer of {name!r}: no tokenizer files")
+    return src, kwargs, config, tok, source_dtype
+
+
+def _load_hf_weights(args, src: str, kwargs: dict, device: str, dtype):
+    """The model's weights (after every check that needs only the config and the tokenizer)."""
+    from transformers import AutoModelForCausalLM
+    name = args.model
     mkw = dict(kwargs, dtype=dtype)
     if device == "map":
         try:
@@ -368,7 +431,7 @@ def _load_hf(args, device: str, dtype):
         raise RiaInputError(f"cannot load the model weights of {name!r}: {_first_line(exc)}") from None
     if device != "map":
         model.to(device)
-    return model, tok, source_dtype
+    return model
 
 
 def _dtype_name(dtype) -> str | None:
@@ -377,22 +440,90 @@ def _dtype_name(dtype) -> str | None:
     return str(dtype).replace("torch.", "")
 
 
-def _load(args):
-    import torch
-    device = _resolve_device(args.device)
-    on_gpu = device.startswith("cuda") or (device == "map" and torch.cuda.is_available())
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-             "auto": torch.float16 if on_gpu else torch.float32}[args.dtype]
-    if args.model is None:
-        from .embedded import EMBEDDED_DIR, load_embedded
-        if device == "map":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tok = load_embedded(dtype=dtype, device=device)
-        source_dtype = json.loads((EMBEDDED_DIR / "config.json").read_text()).get("dtype") or \
-            json.loads((EMBEDDED_DIR / "config.json").read_text()).get("torch_dtype")
-        return model, tok, device, source_dtype
-    model, tok, source_dtype = _load_hf(args, device, dtype)
-    return model, tok, device, source_dtype
+class _Source:
+    """What is known of the model before its weights load: config (dict), tokenizer, devices, dtypes."""
+
+    def __init__(self, args):
+        import torch
+        self.device = _resolve_device(args.device)
+        on_gpu = self.device.startswith("cuda") or (self.device == "map" and torch.cuda.is_available())
+        self.dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                      "auto": torch.float16 if on_gpu else torch.float32}[args.dtype]
+        self.args = args
+        if args.model is None:
+            from transformers import AutoTokenizer
+            if self.device == "map":
+                self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.config = json.loads((EMBEDDED_DIR / "config.json").read_text())
+            self.source_dtype = self.config.get("dtype") or self.config.get("torch_dtype")
+            self.tok = AutoTokenizer.from_pretrained(EMBEDDED_DIR, local_files_only=True)
+            self.local_dir: Path | None = EMBEDDED_DIR
+            return
+        self.src, self.kwargs, config, self.tok, self.source_dtype = _load_hf_tokenizer(args)
+        self.config = config.to_dict()
+        local = Path(self.src)
+        self.local_dir = local if local.is_dir() else None
+
+    @property
+    def max_positions(self) -> int | None:
+        value = self.config.get("max_position_embeddings")
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    def param_bytes(self) -> int:
+        """Bytes of the parameters in the working dtype: the weight files' size scaled from the
+        source dtype (a local checkpoint), else a count from the config."""
+        from ._resources import DTYPE_BYTES, model_shape, weight_files
+        work = DTYPE_BYTES[_dtype_name(self.dtype)]
+        files = weight_files(self.local_dir) if self.local_dir is not None else []
+        if files:
+            src = DTYPE_BYTES.get(_dtype_name(self.source_dtype) or "", 4)
+            return sum(f.stat().st_size for f in files) * work // src
+        shape = model_shape(self.config)
+        if shape is None:
+            return 0
+        per_layer = (shape.hidden * shape.head_dim * (2 * shape.heads + 2 * shape.kv_heads)
+                     + 3 * shape.hidden * shape.intermediate)
+        tied = self.config.get("tie_word_embeddings", True)
+        return (shape.layers * per_layer + shape.vocab * shape.hidden * (1 if tied else 2)) * work
+
+    def load(self):
+        """(model, tokenizer, device, source_dtype) with the weights."""
+        if self.args.model is None:
+            from .embedded import load_embedded
+            model, _tok = load_embedded(dtype=self.dtype, device=self.device)
+            return model, self.tok, self.device, self.source_dtype
+        model = _load_hf_weights(self.args, self.src, self.kwargs, self.device, self.dtype)
+        return model, self.tok, self.device, self.source_dtype
+
+
+def _load(args) -> _Source:
+    """The model's config and tokenizer (the weights load later, with ``.load()``)."""
+    return _Source(args)
+
+
+def _check_memory(args, src: _Source, nsamples: int, seqlen: int, eval_batch: int | None) -> dict:
+    """The run's memory estimate against what its device has (see ``_resources``); returns it for the report."""
+    from ._resources import available_memory, check_memory, estimate_run_memory
+    device = src.device
+    est = estimate_run_memory(
+        src.config, param_bytes=src.param_bytes(), dtype=_dtype_name(src.dtype), nsamples=nsamples, seqlen=seqlen,
+        batch_size=args.batch_size, need_hessian=_needs_hessian(args), eval_batch=eval_batch,
+        offload=bool(args.offload or device == "map"), device="cpu" if device == "map" else device)
+    if device == "map":  # accelerate spreads the weights itself; the activations are offloaded to the CPU
+        est.parts.pop("model", None)
+        available = {"cpu": available_memory("cpu")}
+    elif device.startswith("cuda"):
+        available = {"gpu": available_memory(device), "cpu": available_memory("cpu")}
+    else:
+        available = {"cpu": available_memory("cpu")}
+    if not args.skip_memory_check:
+        check_memory(est, device, available)
+    return {"estimate_bytes": est.parts, "available_bytes": available}
+
+
+def _needs_hessian(args) -> bool:
+    """SparseGPT, any --reconstruction and ALPS accumulate an in x in Hessian per shared-input group."""
+    return args.method in ("sparsegpt", "alps") or bool(getattr(args, "reconstruction", False))
 
 
 def _set_threads(args, model) -> str:
@@ -418,16 +549,35 @@ def _source(kind: str, path=None, dataset=None) -> dict:
     return {"kind": kind, "path": str(path) if path is not None else None, "dataset": dataset, "sha256": digest}
 
 
-def _calibration(args, tok, model, nsamples, seqlen, default_path):
-    from .calibration import calibration_from_dataset, calibration_from_file
+def _calibration(args, tok, max_positions, nsamples, seqlen, default_path):
+    """(windows, source) before any weights load. A text file must hold ``nsamples`` windows of
+    ``seqlen`` tokens without reusing a token (more would be the same tokens many times over, and
+    memory for nothing): else an error, or with --cap-nsamples fewer windows and a line saying so."""
+    from .calibration import calibration_from_dataset, check_seqlen, read_text, sample_windows, tokenize_text
+    check_seqlen(seqlen, max_positions, "--seqlen")
     if args.calib_dataset:
-        return (calibration_from_dataset(tok, args.calib_dataset, nsamples, seqlen, args.seed, model=model),
+        return (calibration_from_dataset(tok, args.calib_dataset, nsamples, seqlen, args.seed,
+                                         max_positions=max_positions),
                 _source("dataset", dataset=args.calib_dataset))
     path = args.calib_text or default_path
     if path is None:
         raise RiaInputError("no calibration data: pass --calib-text PATH or --calib-dataset {c4,wikitext2,ptb}")
     kind = "file" if args.calib_text else "embedded"
-    return calibration_from_file(tok, path, nsamples, seqlen, args.seed, model=model), _source(kind, path=path)
+    flag = "--calib-text" if args.calib_text else "embedded calibration text"
+    ids = tokenize_text(tok, read_text(path, args.text_encoding or "utf-8", flag=flag))
+    n = ids.numel()
+    if n <= seqlen:
+        raise RiaInputError(f"calibration text has {n} tokens, fewer than seqlen+1={seqlen + 1}")
+    holds = n // seqlen
+    if nsamples > holds:
+        if not args.cap_nsamples:
+            raise RiaInputError(f"--nsamples {nsamples} x --seqlen {seqlen} = {nsamples * seqlen:,} tokens, but the "
+                                f"calibration text ({path}) holds {n:,}: lower --nsamples to at most {holds} (or "
+                                f"--seqlen), or pass --cap-nsamples")
+        _warn(f"--cap-nsamples: the calibration text holds {holds} windows of {seqlen} tokens ({n:,} tokens); "
+              f"using {holds} instead of --nsamples {nsamples}")
+        nsamples = holds
+    return sample_windows(ids, nsamples, seqlen, args.seed), _source(kind, path=path)
 
 
 def _eval_ids(args, tok, seqlen, default_path):
@@ -439,7 +589,7 @@ def _eval_ids(args, tok, seqlen, default_path):
         raise RiaInputError("no evaluation data: pass --eval-text PATH or --eval-dataset {wikitext2,c4,ptb} "
                             "(or --no-eval)")
     kind = "file" if args.eval_text else "embedded"
-    return eval_tokens(tok, path=path), _source(kind, path=path)
+    return eval_tokens(tok, path=path, encoding=args.text_encoding or "utf-8"), _source(kind, path=path)
 
 
 # ---------------------------------------------------------------------- run ---
@@ -461,7 +611,8 @@ def _settings(args, spec, nsamples, seqlen, device, dtype) -> dict:
             "eval_batch_size": None if args.no_eval else args.eval_batch_size,
             "eval": not args.no_eval, "dense_eval": not (args.no_eval or args.no_dense_eval),
             "sparse_inference": args.sparse_inference, "zero_shot_tasks": _zero_shot_tasks(args),
-            "save": args.save, "save_dtype": (args.save_dtype or "source") if args.save else None,
+            "save": args.save,
+            "save_dtype": (args.save_dtype or "source") if (args.save or args.save_sparse) else None,
             "save_sparse": args.save_sparse,
             "json": args.json, "overwrite": args.overwrite, "threads": args.threads, "device": device, "dtype": dtype}
 
@@ -480,6 +631,18 @@ def _ppl_entry(res, seconds: float) -> dict:
             "time_s": seconds}
 
 
+def _save_dtype(args, source_dtype, work_dtype):
+    """The dtype --save and --save-sparse write: --save-dtype, default the source checkpoint's."""
+    import torch
+    name = args.save_dtype or "source"
+    if name == "source":
+        name = _dtype_name(source_dtype)
+        if name not in ("float32", "float16", "bfloat16"):
+            _warn(f"the source checkpoint records no usable dtype ({name!r}); saving in {_dtype_name(work_dtype)}")
+            name = _dtype_name(work_dtype)
+    return getattr(torch, name)
+
+
 def _save(args, model, tok, source_dtype, report, result) -> None:
     """The pruned checkpoint, its tokenizer, permutations and run report, written atomically."""
     import torch
@@ -487,13 +650,7 @@ def _save(args, model, tok, source_dtype, report, result) -> None:
     from ._io import atomic_output_dir, atomic_write_text
     from .pruning import _json_safe
     work_dtype = next(model.parameters()).dtype
-    name = args.save_dtype or "source"
-    if name == "source":
-        name = _dtype_name(source_dtype)
-        if name not in ("float32", "float16", "bfloat16"):
-            _warn(f"the source checkpoint records no usable dtype ({name!r}); saving in {_dtype_name(work_dtype)}")
-            name = _dtype_name(work_dtype)
-    save_dtype = getattr(torch, name)
+    save_dtype = _save_dtype(args, source_dtype, work_dtype)
     state_dict = None
     if save_dtype != work_dtype:  # keep the source's size on disk; the in-memory model stays as it is
         state_dict = {k: (v.to(save_dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
@@ -528,6 +685,7 @@ def _sparse_inference_summary(model, n_linears: int, device: str) -> dict:
         for b in ran:
             used[b] = used.get(b, 0) + 1
     on_gpu = str(device).startswith("cuda")
+    fast_compact = sum(1 for m in model.modules() if isinstance(m, SparseLinear) and m.fast_without_copy)
     ran_sparse = on_gpu and any(b != "dense" for b in used)
     if converted == 0:
         note = "nothing ran sparse: no linear was converted (none is 2:4)"
@@ -538,6 +696,9 @@ def _sparse_inference_summary(model, n_linears: int, device: str) -> dict:
         note = f"nothing ran sparse: all {converted} SparseLinear modules ran dense"
     else:
         note = ", ".join(f"{k} x{v}" for k, v in sorted(used.items()))
+    if fast_compact:
+        note += (f"; {fast_compact} memory='fast' modules hold only the compact format (no tensor-core copy can be "
+                 f"built on {device})")
     return {"linears": n_linears, "converted": converted, "memory_modes": modes, "backends_used": used,
             "ran_sparse": ran_sparse, "note": note}
 
@@ -549,29 +710,51 @@ def _now() -> str:
 def run(args, argv: list[str] | None = None) -> dict:
     """Check, load, calibrate, (dense eval), prune, (eval), (save), (sparse inference), (JSON);
     returns the run report (schema: docs/report_schema.md)."""
+    t_total = time.perf_counter()
+    started = _now()
+    if args.model is not None:
+        from ._ct_config import is_compressed_tensors_checkpoint
+        if is_compressed_tensors_checkpoint(Path(args.model).expanduser()):  # already 2:4: load compact, no pruning
+            return _run_compressed_tensors(args, argv, t_total, started)
+    spec = _check_args(args)  # fail before loading anything (and before importing torch)
+    if args.quiet:  # after the checks: importing transformers takes a second
+        try:
+            from transformers.utils import logging as hf_logging
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
     from ._io import atomic_write_text
+    from ._logging import logger
     from .evaluation import evaluate_perplexity
     from .models import get_adapter
     from .pruning import _json_safe, check_blocks, prune_model
     from .run_report import SCHEMA_VERSION, machine, versions
-
-    t_total = time.perf_counter()
-    started = _now()
-    spec = _check_args(args)  # fail before loading anything
     sparsity = str(spec) if spec.is_nm else spec.ratio
     embedded = args.model is None
     nsamples = args.nsamples or (32 if embedded else 128)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    model, tok, device, source_dtype = _load(args)
-    timings["load"] = time.perf_counter() - t
+    src = _load(args)  # config and tokenizer: everything below up to src.load() reads no weights
+    max_pos = src.max_positions
+    seqlen = args.seqlen or (128 if embedded else min(2048, max_pos or 2048))
+    calib_default = eval_default = None
+    if embedded:
+        calib_default, eval_default = EMBEDDED_DIR.parent / "calib.txt", EMBEDDED_DIR.parent / "eval.txt"
+    t_data = time.perf_counter()
+    calibration, calib_source = _calibration(args, src.tok, max_pos, nsamples, seqlen, calib_default)
+    eval_ids = eval_source = None
+    if not args.no_eval:
+        eval_ids, eval_source = _eval_ids(args, src.tok, seqlen, eval_default)
+    timings["data"] = time.perf_counter() - t_data
+    from ._resources import DTYPE_BYTES
+    n_params_est = src.param_bytes() // DTYPE_BYTES[_dtype_name(src.dtype)]
+    eval_batch = args.eval_batch_size or (16 if n_params_est < SMALL_MODEL_PARAMS else 1)
+    memory = _check_memory(args, src, int(calibration.shape[0]), seqlen, None if args.no_eval else eval_batch)
+    model, tok, device, source_dtype = src.load()
+    timings["load"] = time.perf_counter() - t - timings["data"]
     model.eval()
     threads_source = _set_threads(args, model)
     adapter = get_adapter(model)
-    from .calibration import check_seqlen, model_max_positions
-    max_pos = model_max_positions(model)
-    seqlen = args.seqlen or (128 if embedded else min(2048, max_pos or 2048))
-    check_seqlen(seqlen, max_pos, "--seqlen")
     check_blocks(adapter, spec, args.blocks or 1, "--blocks")
     n_layers = adapter.num_layers
     layer_sparsities = None
@@ -579,16 +762,6 @@ def run(args, argv: list[str] | None = None) -> dict:
     if args.layerwise == "atp" and args.beta is not None:
         from . import layerwise
         layer_sparsities = layerwise.atp_sparsities(n_layers, spec.ratio, args.beta)  # checks beta before work
-    calib_default = eval_default = None
-    if embedded:
-        from .embedded import embedded_text_path
-        calib_default, eval_default = embedded_text_path("calib"), embedded_text_path("eval")
-    t = time.perf_counter()
-    calibration, calib_source = _calibration(args, tok, model, nsamples, seqlen, calib_default)
-    eval_ids = eval_source = None
-    if not args.no_eval:
-        eval_ids, eval_source = _eval_ids(args, tok, seqlen, eval_default)
-    timings["data"] = time.perf_counter() - t
     progress = not args.quiet
     dtype = _dtype_name(next(model.parameters()).dtype)
     result: dict = {
@@ -607,6 +780,7 @@ def run(args, argv: list[str] | None = None) -> dict:
     }
     small = result["model"]["parameters"] < SMALL_MODEL_PARAMS
     eval_batch = args.eval_batch_size or (16 if small else 1)  # small models: per-forward overhead dominates
+    logger.info("memory estimate (bytes): %s; available: %s", memory["estimate_bytes"], memory["available_bytes"])
     if not args.no_eval:
         result["settings"]["eval_batch_size"] = eval_batch
     ev = dict(max_windows=args.max_eval_windows, progress=progress, batch_size=eval_batch)
@@ -686,7 +860,10 @@ def run(args, argv: list[str] | None = None) -> dict:
         t = time.perf_counter()
         if not args.sparse_inference:
             to_sparse_inference(model, report)
-        save_sparse(model, args.save_sparse, report=report, tokenizer=tok, overwrite=args.overwrite)
+        save_dtype = _save_dtype(args, source_dtype, next(model.parameters()).dtype)
+        save_sparse(model, args.save_sparse, report=report, tokenizer=tok, overwrite=args.overwrite, dtype=save_dtype,
+                    format=args.save_sparse_format)
+        result["settings"]["save_dtype"] = _dtype_name(save_dtype)
         timings["save_sparse"] = time.perf_counter() - t
         result["outputs"]["save_sparse"] = str(args.save_sparse)
     timings["total"] = time.perf_counter() - t_total
@@ -703,7 +880,90 @@ def _fmt_ppl(entry: dict | None) -> str:
     return f"{entry['ppl']:.3f}" if entry.get("ppl") is not None else "inf"
 
 
+def _run_compressed_tensors(args, argv, t_total: float, started: str) -> dict:
+    """``--model DIR`` holding a compressed-tensors sparse-24-bitmask checkpoint (a model pruned elsewhere):
+    load it straight into compact SparseLinear modules, evaluate it, optionally --save-sparse it; no pruning."""
+    import torch
+
+    from ._io import validate_output_path
+    from .calibration import model_max_positions
+    from .evaluation import evaluate_perplexity
+    from .run_report import machine, versions
+    from .sparse_checkpoint import load_sparse, save_sparse
+    parser = build_parser()
+    pruning = ["method", "sparsity_ratio", "a", "per_output", "permute", "lsa", "blocks", "reconstruction",
+               "blocksize", "percdamp", "layerwise", "beta", "owl_lambda", "owl_m", "nsamples", "calib_text",
+               "calib_dataset", "save", "save_dtype", "json", "eval_zero_shot", "sparse_inference", "offload", "backend"]
+    given = [k for k in pruning if getattr(args, k) != parser.get_default(k)]
+    if given or args.sparsity_type not in ("unstructured", "2:4"):
+        flag = "--" + (given[0] if given else "sparsity_type").replace("_", "-")
+        raise RiaInputError(f"--model {args.model} is a compressed-tensors checkpoint that is already 2:4 sparse: it "
+                            f"is loaded and evaluated as it is, {flag} does not apply")
+    device = _resolve_device(args.device)
+    if device == "map":
+        raise RiaInputError("--device map is not supported for a compressed-tensors checkpoint; use cpu or cuda")
+    if args.no_eval and not args.save_sparse:
+        raise RiaInputError("--no-eval without --save-sparse: nothing to do with the loaded checkpoint")
+    for flag, value, lo in (("--seqlen", args.seqlen, 2), ("--max-eval-windows", args.max_eval_windows, 1),
+                            ("--eval-batch-size", args.eval_batch_size, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < lo:
+            raise RiaInputError(f"{flag} must be >= {lo}, got {value}")
+    if args.eval_text is not None and not Path(args.eval_text).is_file():
+        raise RiaInputError(f"--eval-text: text file not found: {args.eval_text}")
+    if not args.no_eval and not (args.eval_text or args.eval_dataset):
+        raise RiaInputError("evaluating a --model checkpoint needs --eval-text PATH or --eval-dataset (or --no-eval)")
+    if args.save_sparse:
+        validate_output_path(args.save_sparse, kind="dir", flag="--save-sparse", source=args.model,
+                             overwrite=args.overwrite, markers=("ria_sparse.json", "config.json"))
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    model = load_sparse(Path(args.model).expanduser(), device=device, dtype=dtype)
+    timings["load"] = time.perf_counter() - t
+    tok = None
+    try:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(Path(args.model).expanduser(), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - needed only to evaluate
+        if not args.no_eval:
+            raise RiaInputError(f"cannot load the tokenizer of {args.model!r}: {_first_line(exc)}") from None
+    threads_source = _set_threads(args, model)
+    n_linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    summary = _sparse_inference_summary(model, 0, str(device))
+    summary["linears"] = summary["converted"] + n_linears
+    result = {"imported": {"format": "compressed-tensors sparse-24-bitmask", "source": args.model},
+              "tool": {"name": "ria-prune", "argv": list(sys.argv[1:] if argv is None else argv), "started_at": started},
+              "versions": versions(), "machine": machine(str(device), threads_source),
+              "model": {"source": args.model, "dtype": _dtype_name(next(model.parameters()).dtype)},
+              "evaluation": None, "sparse_inference": summary, "outputs": {"save_sparse": None}, "timings_s": timings}
+    if not args.no_eval:
+        seqlen = args.seqlen or min(2048, model_max_positions(model) or 2048)
+        ids, source = _eval_ids(args, tok, seqlen, None)
+        t = time.perf_counter()
+        res = evaluate_perplexity(model, ids, seqlen, desc="perplexity", max_windows=args.max_eval_windows,
+                                  progress=not args.quiet, batch_size=args.eval_batch_size or 1)
+        timings["eval"] = time.perf_counter() - t
+        result["evaluation"] = {"source": source, "seqlen": seqlen, "sparse_inference": _ppl_entry(res, timings["eval"])}
+    if args.save_sparse:
+        save_sparse(model, args.save_sparse, tokenizer=tok, overwrite=args.overwrite, format=args.save_sparse_format)
+        result["outputs"]["save_sparse"] = str(args.save_sparse)
+    timings["total"] = time.perf_counter() - t_total
+    return result
+
+
 def _summary(r: dict) -> str:
+    if r.get("imported"):
+        si, ev = r["sparse_inference"], r.get("evaluation")
+        lines = [f"ria-prune: {r['model']['source']} ({r['imported']['format']}, {r['model']['dtype']}) loaded on "
+                 f"{r['machine']['device']}: {si['converted']} of {si['linears']} linears as compact SparseLinear, "
+                 "no pruning"]
+        if ev:
+            lines.append(f"  perplexity: {_fmt_ppl(ev['sparse_inference'])}   ({ev['sparse_inference']['windows']} "
+                         f"windows x {ev['seqlen']}; {si['note']})")
+        if r["outputs"]["save_sparse"]:
+            lines.append(f"  compressed 2:4 checkpoint: {r['outputs']['save_sparse']}")
+        lines.append(f"  total time: {r['timings_s']['total']:.1f} s")
+        return "\n".join(lines)
     s, m = r["settings"], r["model"]
     lines = [f"ria-prune: {m['source']} ({m['family']}) on {r['machine']['device']} ({m['dtype']}): "
              f"method {s['method']}, sparsity {s['sparsity_type'] if s['n'] else s['sparsity_ratio']}"]
@@ -749,7 +1009,7 @@ def _summary(r: dict) -> str:
     if r["outputs"].get("save"):
         lines.append(f"  saved to {r['outputs']['save']} ({r['settings']['save_dtype']})")
     if r["outputs"].get("save_sparse"):
-        lines.append(f"  compressed 2:4 checkpoint: {r['outputs']['save_sparse']}")
+        lines.append(f"  compressed 2:4 checkpoint: {r['outputs']['save_sparse']} ({r['settings']['save_dtype']})")
     if r["outputs"].get("json"):
         lines.append(f"  JSON report: {r['outputs']['json']}")
     return "\n".join(lines)
@@ -761,12 +1021,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         enable_cli_logging(verbose=args.verbose)
-        if args.quiet:
-            try:
-                from transformers.utils import logging as hf_logging
-                hf_logging.disable_progress_bar()
-            except ImportError:
-                pass
         result = run(args, argv)
         print(_summary(result))
         return 0

@@ -22,10 +22,11 @@ from .models.base import module_device
 
 
 def eval_tokens(tokenizer, *, text: str | None = None, path: str | Path | None = None,
-                dataset: str | None = None, seqlen: int | None = None) -> torch.Tensor:
+                dataset: str | None = None, seqlen: int | None = None, encoding: str = "utf-8") -> torch.Tensor:
     """1-D LongTensor of evaluation token ids from exactly one of ``text``, ``path``
     (local file) or ``dataset`` (wikitext2 | c4 | ptb, test split; c4 uses its
-    validation documents and is truncated to 256 windows as in the seeds)."""
+    validation documents and is truncated to 256 windows as in the seeds). A file is decoded
+    strictly with ``encoding`` (undecodable bytes are an error naming the byte offset)."""
     given = [x is not None for x in (text, path, dataset)]
     if sum(given) != 1:
         raise RiaInputError("pass exactly one of text=, path= or dataset= for evaluation")
@@ -34,7 +35,7 @@ def eval_tokens(tokenizer, *, text: str | None = None, path: str | Path | None =
             raise RiaInputError(f"dataset must be one of {DATASETS}, got {dataset!r}")
         text = load_dataset_text(dataset, "test")
     elif path is not None:
-        text = read_text(path)
+        text = read_text(path, encoding)
     ids = tokenize_text(tokenizer, text, add_special_tokens=True)
     if dataset == "c4" and seqlen:
         ids = ids[: 256 * seqlen]

@@ -352,6 +352,58 @@ def _build_layer(adapter: ModelAdapter, layer: nn.Module, plan: _LayerPlan, back
     return new
 
 
+# -- detection (dense checkpoints that are already 2:4) -----------------------------
+def why_not_2to4(weight: torch.Tensor) -> str | None:
+    """None if ``weight [out, in]`` is exactly 2:4 (at most 2 non-zeros in every group of 4 consecutive
+    input weights), else why not, in words."""
+    if weight.dim() != 2:
+        return f"its weight is {weight.dim()}-D, not [out_features, in_features]"
+    k = weight.shape[1]
+    if k % 4:
+        return f"in_features={k} is not divisible by 4"
+    nnz = (weight.detach().reshape(weight.shape[0], -1, 4) != 0).sum(-1)
+    bad = int((nnz > 2).sum())
+    if bad == 0:
+        return None
+    zeros = 1.0 - float(nnz.sum()) / weight.numel()
+    return f"{bad} of {nnz.numel()} groups of 4 have more than 2 non-zeros ({zeros:.1%} of its weights are zero)"
+
+
+def detect_2to4(model: nn.Module) -> dict[str, str | None]:
+    """``{decoder-layer linear: None if exactly 2:4, else why it stays dense}`` for a dense model that may
+    already be 2:4 (a published dense 2:4 checkpoint, or one pruned by another tool); what
+    :func:`to_sparse_inference` without a report converts, in unpermuted channel order."""
+    adapter = get_adapter(model)
+    out: dict[str, str | None] = {}
+    for i, layer in enumerate(adapter.layers()):
+        for n in adapter.linear_names():
+            m = layer.get_submodule(n)
+            name = adapter.full_name(i, n)
+            if not isinstance(m, nn.Linear):
+                out[name] = f"it is a {type(m).__name__}, not an nn.Linear"
+            elif m.weight.device.type == "meta":
+                out[name] = "its weight is on the meta device (offloaded)"
+            else:
+                out[name] = why_not_2to4(m.weight)
+    return out
+
+
+def _log_detection(found: dict[str, str | None], family: str) -> None:
+    sparse = [n for n, why in found.items() if why is None]
+    dense = {n: why for n, why in found.items() if why is not None}
+    logger.info("to_sparse_inference without a prune report: %d of %d decoder linears are exactly 2:4 and become "
+                "SparseLinear%s", len(sparse), len(found), (": " + ", ".join(sparse[:6]) + (", ..." if len(sparse) > 6
+                                                                                           else "")) if sparse else "")
+    for n, why in list(dense.items())[:8]:
+        logger.info("to_sparse_inference: %s stays dense nn.Linear: %s", n, why)
+    if len(dense) > 8:
+        logger.info("to_sparse_inference: %d more linears stay dense", len(dense) - 8)
+    if not sparse:
+        log_once(("to_sparse_inference", "none_24", family),
+                 "to_sparse_inference: no linear of this %s model is 2:4 (nothing converted); prune with sparsity "
+                 "'2:4' first", family)
+
+
 # -- the one installation path (to_sparse_inference and load_sparse) ---------------
 CONVERTED_KINDS = ("sparse_linear", "gather", "permuted_rms_norm", "permuted_layer_norm")
 
@@ -433,7 +485,9 @@ def to_sparse_inference(model: nn.Module, report=None, *, backend: str | None = 
     """Convert a pruned model **in place** for sparse inference and return it.
 
     ``report``: the :class:`~ria_kernels.pruning.PruneReport` of ``prune_model`` (its
-    ``permutations`` are applied for real) or None (2:4 linears converted unpermuted).
+    ``permutations`` are applied for real) or None: a dense model that is already 2:4 (published
+    dense 2:4 checkpoint, another tool's pruning); the linears that are exactly 2:4 are detected
+    (:func:`detect_2to4`) and converted unpermuted, and the log says which, and why the others stay dense.
     Every linear that is 2:4 (in its permuted channel order) becomes a
     :class:`~ria_kernels.SparseLinear` (``backend`` and ``memory`` -- ``"compact"`` by default,
     ``"fast"``, or ``"dense"`` for reference -- are passed to ``SparseLinear.from_linear``; see
@@ -445,6 +499,8 @@ def to_sparse_inference(model: nn.Module, report=None, *, backend: str | None = 
     adapter = get_adapter(model)
     resolve_memory(memory, requested_backend(backend))  # a contradiction fails before anything is built
     plans = _plan(model, adapter, report, o_proj)
+    if report is None:  # a dense model that may already be 2:4: say which linears convert and why not the others
+        _log_detection(detect_2to4(model), adapter.family)
     layers = adapter.layers()
     counts = {"sparse": 0, "dense": 0, "gather": 0, "folded": 0, "norms": 0}
     for layer, plan in zip(layers, plans):
@@ -467,4 +523,4 @@ def to_sparse_inference(model: nn.Module, report=None, *, backend: str | None = 
 
 __all__ = ["to_sparse_inference", "PermutedRMSNorm", "PermutedLayerNorm", "InputPermutedLinear",
            "head_local_permutation", "O_PROJ_MODES", "conversion_layout", "build_converted_module",
-           "install_modules"]
+           "install_modules", "detect_2to4", "why_not_2to4"]

@@ -56,6 +56,7 @@ from ._io import cache_dir
 from ._logging import log_once
 from ._validation import check_divisible, check_matrix, check_nm
 from .lsa import linear_sum_assignment, resolve_solver
+from .ops._grid import cdiv
 from .ops.nm_mask import nm_topk_blocks
 
 GAIN_BACKENDS = ("triton", "native", "torch")
@@ -388,6 +389,13 @@ if triton is not None:
         tl.store(out_ptr + js[:, None].to(tl.int64) * B + bs[None, :], acc, mask=(js[:, None] < J) & (bs[None, :] < B))
 
 
+def lsa_gain_launch_config(j: int, b: int) -> tuple[dict, tuple[int, int]]:
+    """(block sizes, grid) of ``_lsa_gain_kernel``: one [BLOCK_J x BLOCK_B] tile of the gain
+    matrix per program (grid x over candidates j, y over blocks b), rows streamed in BLOCK_R steps."""
+    blocks = dict(_TRITON_BLOCKS)
+    return blocks, (cdiv(j, blocks["BLOCK_J"]), cdiv(b, blocks["BLOCK_B"]))
+
+
 @_device.guarded  # the inputs' device and stream (issue 20)
 def _lsa_gain_triton(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     r, j = x.shape
@@ -395,8 +403,8 @@ def _lsa_gain_triton(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     x = x.float().contiguous()
     t = t.float().contiguous()
     out = torch.empty((j, b), dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(j, _TRITON_BLOCKS["BLOCK_J"]), triton.cdiv(b, _TRITON_BLOCKS["BLOCK_B"]))
-    _lsa_gain_kernel[grid](x, t, out, r, j, b, **_TRITON_BLOCKS)
+    blocks, grid = lsa_gain_launch_config(j, b)
+    _lsa_gain_kernel[grid](x, t, out, r, j, b, **blocks)
     return out.double()
 
 

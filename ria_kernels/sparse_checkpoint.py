@@ -51,6 +51,7 @@ FORMAT_VERSION = 1
 METADATA_FILE = "ria_sparse.json"
 TENSORS_FILE = "model.safetensors"
 PERMUTATIONS_FILE = "permutations.safetensors"
+SAVE_FORMATS = ("ria_kernels", "compressed-tensors")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -92,10 +93,20 @@ def _tensors_to_save(model: nn.Module, layout: dict[str, dict]) -> tuple[dict[st
 
 @torch.no_grad()
 def save_sparse(model: nn.Module, directory: str | os.PathLike, *, report=None, tokenizer=None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, dtype: torch.dtype | None = None, format: str = "ria_kernels") -> Path:
     """Write the converted ``model`` as a compressed checkpoint in ``directory`` (see the module
     docstring for the files); returns the directory. ``report``: the ``PruneReport`` (its method,
-    sparsity and permutations are recorded); ``tokenizer``: saved alongside when given."""
+    sparsity and permutations are recorded); ``tokenizer``: saved alongside when given; ``dtype``:
+    the dtype of every floating tensor in the file (default: as held; ``ria-prune`` passes the
+    source checkpoint's dtype, so that a float32 working copy does not double the file).
+    ``format="compressed-tensors"``: compressed-tensors' ``sparse-24-bitmask`` instead, for the older
+    stacks (unpermuted models only; :mod:`ria_kernels.compressed_tensors`)."""
+    if format not in SAVE_FORMATS:
+        raise RiaInputError(f"format must be one of {SAVE_FORMATS}, got {format!r}")
+    if format == "compressed-tensors":
+        from .compressed_tensors import save_compressed_tensors
+        return save_compressed_tensors(model, directory, report=report, tokenizer=tokenizer, overwrite=overwrite,
+                                       dtype=dtype)
     from safetensors.torch import save_file
 
     from .models import get_adapter
@@ -111,12 +122,16 @@ def save_sparse(model: nn.Module, directory: str | os.PathLike, *, report=None, 
         raise RiaInputError(f"directory {str(target)!r} exists and is not a directory")
     if target.exists() and not overwrite:
         raise RiaInputError(f"directory {str(target)!r} exists; pass overwrite=True to replace it")
+    if dtype is not None and dtype not in _DTYPES.values():
+        raise RiaInputError(f"dtype must be one of {tuple(_DTYPES.values())} or None, got {dtype!r}")
     tensors, aliases = _tensors_to_save(model, layout)
+    if dtype is not None:  # only floating tensors: meta (indices) and perm buffers keep their integer dtype
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     sparse_mods = [m for m in model.modules() if isinstance(m, SparseLinear)]
-    compressed = sum(m.values.numel() * m.values.element_size() + m.meta.numel() * m.meta.element_size()
-                     for m in sparse_mods)
-    dense_equiv = sum(m.in_features * m.out_features * m.values.element_size() for m in sparse_mods)
-    values_dtype = str(sparse_mods[0].values.dtype).replace("torch.", "")
+    value_size = torch.empty((), dtype=dtype or sparse_mods[0].values.dtype).element_size()
+    compressed = sum(m.values.numel() * value_size + m.meta.numel() * m.meta.element_size() for m in sparse_mods)
+    dense_equiv = sum(m.in_features * m.out_features * value_size for m in sparse_mods)
+    values_dtype = str(dtype or sparse_mods[0].values.dtype).replace("torch.", "")
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "weight_format": "sparse24", "weight_format_version": sparse24_mm.FORMAT_VERSION,
@@ -131,6 +146,10 @@ def save_sparse(model: nn.Module, directory: str | os.PathLike, *, report=None, 
     with atomic_output_dir(target, overwrite=overwrite) as tmp:  # temp sibling, fsync, rename
         save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         model.config.save_pretrained(tmp)
+        if dtype is not None:  # the config records the in-memory dtype; the file holds ``dtype``
+            cfg = json.loads((tmp / "config.json").read_text())
+            cfg["dtype"] = values_dtype
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         gen = getattr(model, "generation_config", None)
         if gen is not None:
             gen.save_pretrained(tmp)
@@ -216,7 +235,9 @@ def _skeleton(directory: Path):
 @torch.no_grad()
 def load_sparse(directory: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                 memory: str = "compact", backend: str | None = None) -> nn.Module:
-    """Rebuild the converted model saved by :func:`save_sparse` in ``directory`` on ``device``.
+    """Rebuild the converted model saved by :func:`save_sparse` in ``directory`` on ``device`` -- or load a
+    compressed-tensors ``sparse-24-bitmask`` checkpoint (detected from its ``config.json``) straight into
+    the compact format (:func:`ria_kernels.compressed_tensors.load_compressed_tensors`).
 
     ``dtype``: cast the floating tensors (default: as saved); ``memory`` / ``backend``: the
     ``SparseLinear`` memory mode (``"compact"``, ``"fast"``: the tensor-core copy is built from the
@@ -224,6 +245,10 @@ def load_sparse(directory: str | os.PathLike, *, device: str | torch.device = "c
     tokenizer, if saved, loads with ``AutoTokenizer.from_pretrained(directory)``."""
     from safetensors.torch import load_file
     directory = Path(directory)
+    from .compressed_tensors import is_compressed_tensors_checkpoint, load_compressed_tensors
+    if not (directory / METADATA_FILE).is_file() and is_compressed_tensors_checkpoint(directory):
+        # a compressed-tensors sparse-24-bitmask checkpoint (a published 2:4 model): straight to compact
+        return load_compressed_tensors(directory, device=device, dtype=dtype, memory=memory, backend=backend)
     meta = read_sparse_metadata(directory)
     if memory not in MEMORY_MODES:
         raise RiaInputError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")

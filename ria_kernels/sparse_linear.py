@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import threading
@@ -644,8 +645,20 @@ class SparseLinear(nn.Module):
                   tuple(sorted(skipped))),
                  "SparseLinear [%dx%d %s]: memory=%s, backend=%s, tensor-core copy=%s%s", n, k, dt, self.memory,
                  self.backend, held or None, f", not available: {skipped}" if skipped else "")
+        if self.fast_without_copy:  # e.g. on a CPU: say it, instead of silently running as "compact"
+            why = "; ".join(f"{b}: {reasons[b]}" for b in (self._candidates or FAST_CANDIDATES) if reasons.get(b))
+            log_once(("SparseLinear.fast_without_copy", str(dev.type), str(dt)),
+                     "SparseLinear memory='fast' on %s (%s) holds only the compact format: no tensor-core copy "
+                     "can be built here (%s); it runs as memory='compact'", dev.type, dt, why or "none available",
+                     level=logging.WARNING)
         if self.backend == "auto":
             self._load_memo()
+
+    @property
+    def fast_without_copy(self) -> bool:
+        """``memory="fast"`` that could hold no tensor-core copy here (a CPU, an unsupported dtype or
+        GPU): the module holds and runs only the compact format."""
+        return self.memory == "fast" and self._forced != "sparse24" and not self._held_copies()
 
     def _apply(self, fn, recurse=True):
         before = (self.values.dtype, self.values.device)
@@ -921,7 +934,8 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"memory={self.memory}, backend={self.backend}")
+                f"memory={self.memory}" + (" (compact only: no tensor-core copy here)" if self.fast_without_copy
+                                           else "") + f", backend={self.backend}")
 
 
 def tune_model(model: nn.Module, token_counts: Iterable[int]) -> dict[str, dict[int, str]]:

@@ -14,8 +14,56 @@ Everything is built from configs, offline, in float32 on the CPU, in well under 
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is in the [test] extra; without it only the property tests are skipped
+    settings = None
+
+if settings is not None:
+    # Property tests (tests/ops/test_properties.py): "ci" keeps the whole suite within CI's time under
+    # the interpreter and draws the same examples every run (derandomize; no example database
+    # written), so CI is deterministic; HYPOTHESIS_PROFILE=deep is a long, random local run.
+    # deadline=None: interpreter launches take 0.1-10 s depending on the drawn shape.
+    _slow = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=8, deadline=None, suppress_health_check=_slow,
+                              derandomize=True, database=None, print_blob=True)
+    settings.register_profile("deep", max_examples=300, deadline=None, suppress_health_check=_slow,
+                              print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _interpreter_bf16_dot():
+    """The Triton CPU interpreter feeds bf16 ``tl.dot`` operands to numpy as their raw uint16
+    bits (garbage products); widen them to float32 first, as the GPU's bf16 MMA does exactly.
+    Applied once for the whole session, so every bf16 test runs the kernel. Only the
+    interpreter's ``create_dot`` is patched, never a kernel; a no-op off the interpreter."""
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    try:
+        import numpy as np
+        import triton.language as tl
+        from triton.runtime import interpreter as interp
+        orig = interp.InterpreterBuilder.create_dot
+        convert = interp._convert_float
+    except (ImportError, AttributeError):  # another Triton: nothing known to patch
+        yield
+        return
+
+    def widen(h):
+        if h.dtype.scalar != tl.bfloat16:
+            return h
+        return interp.TensorHandle(convert(h.data, tl.bfloat16, tl.float32, None).view(np.float32), tl.float32)
+
+    interp.InterpreterBuilder.create_dot = lambda self, a, b, d, *rest: orig(self, widen(a), widen(b), d, *rest)
+    yield
+    interp.InterpreterBuilder.create_dot = orig
 
 FAMILIES = ("llama", "mistral", "qwen2", "opt")
 VOCAB = 128

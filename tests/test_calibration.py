@@ -141,3 +141,25 @@ def test_seqlen_longer_than_the_model_is_the_clis_error(tmp_path):
     assert calibration_from_file(tok, tmp_path / "c.txt", 2, 256, model=model).shape == (2, 256)
     with pytest.raises(RiaInputError, match="nsamples must be an integer"):
         calibration_from_file(tok, tmp_path / "c.txt", True, 16)
+
+
+def test_read_text_is_strict_and_names_the_byte_offset(tmp_path):
+    """Issue #25 item 3: bytes invalid in the encoding are an error with the file and the byte
+    offset (never replaced); another encoding is read when asked; directories are named as such."""
+    from ria_kernels.calibration import read_text
+    p = tmp_path / "latin1.txt"
+    p.write_bytes("na\xefve caf\xe9".encode("latin-1"))
+    with pytest.raises(RiaInputError, match=r"latin1.txt: not valid utf-8 text at byte offset 2 \(byte\(s\) ef"):
+        read_text(p)
+    assert read_text(p, "latin-1") == "na\xefve caf\xe9"
+    with pytest.raises(RiaInputError, match="at byte offset 2"):
+        calibration_from_file(make_tiny_tokenizer(tmp_path / "tok"), p, 1, 2)
+    (tmp_path / "nul.txt").write_bytes(b"abc\x00def")
+    with pytest.raises(RiaInputError, match="NUL byte at byte offset 3"):
+        read_text(tmp_path / "nul.txt")
+    with pytest.raises(RiaInputError, match="is a directory"):
+        read_text(tmp_path)
+    with pytest.raises(RiaInputError, match="text file not found"):
+        read_text(tmp_path / "missing.txt")
+    with pytest.raises(RiaInputError, match="unknown text encoding"):
+        read_text(p, "no-such-codec")

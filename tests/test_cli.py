@@ -368,7 +368,7 @@ CONFLICTS = [
     (["--layerwise", "atp", "--nsamples", "1"], "it needs --nsamples >= 2"),
     (["--no-eval", "--max-eval-windows", "2"], "has no effect with --no-eval"),
     (["--no-eval", "--sparse-inference", "--sparsity-type", "2:4"], "has no effect with --no-eval"),
-    (["--save-dtype", "float16"], "--save-dtype needs --save"),
+    (["--save-dtype", "float16"], "--save-dtype needs --save DIR or --save-sparse DIR"),
     (["--no-eval", "--eval-batch-size", "4"], "has no effect with --no-eval"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be >= 1"),
     (["--overwrite"], "--overwrite needs --save"),
@@ -430,7 +430,7 @@ def test_row9_root_logger_untouched(tiny_checkpoint):
     import logging
     root = logging.getLogger()
     before = list(root.handlers), root.level
-    assert main(_args(tiny_checkpoint, "--no-eval", "-v")) == 0
+    assert main([a for a in _args(tiny_checkpoint, "--no-eval", "-v") if a != "--quiet"]) == 0
     assert (list(root.handlers), root.level) == before
 
 
@@ -541,3 +541,226 @@ def test_missing_datasets_package_is_one_clear_line(tiny_checkpoint, capsys, mon
     rc = main(["--model", str(d / "model"), "--calib-dataset", "c4", "--eval-text", str(d / "eval.txt"),
                "--device", "cpu", "--quiet"])
     assert rc == 2 and "`datasets` package" in _one_error_line(capsys.readouterr().err)
+
+
+# ------------------------------------------------------------ issue #25 ---
+def _fake_big_checkpoint(d: Path, **config) -> Path:
+    """A directory whose config.json describes a model far larger than this machine (the weights
+    file is a placeholder: every check under test runs before weights are read)."""
+    import json as _json
+    out = d / "big"
+    out.mkdir()
+    cfg = make_tiny_model("llama").config.to_dict()
+    cfg.update(config)
+    cfg.pop("torch_dtype", None)
+    (out / "config.json").write_text(_json.dumps(cfg))
+    (out / "model.safetensors").write_bytes(b"\0" * 64)
+    make_tiny_tokenizer(out)
+    return out
+
+
+def _bad_inputs(d: Path) -> list[tuple[list, str]]:
+    (d / "latin1.txt").write_bytes("caf\xe9 au lait, d\xe9j\xe0 vu\n".encode("latin-1") * 50)
+    (d / "random.bin").write_bytes(bytes(torch.randint(0, 256, (20_000,), generator=torch.Generator().manual_seed(0))
+                                         .to(torch.uint8).tolist()))
+    (d / "config-only").mkdir()
+    (d / "config-only" / "config.json").write_text((d / "model" / "config.json").read_text())
+    ev = ["--eval-text", str(d / "eval.txt")]
+    return [
+        (["--eval-text", str(d / "latin1.txt")], "--eval-text {d}/latin1.txt: not valid utf-8 text at byte offset 3"),
+        (["--calib-text", str(d / "random.bin")], "--calib-text {d}/random.bin: not valid utf-8 text at byte offset"),
+        (["--a", "-1"], "--a must be in [0, 1]"),
+        (["--a", "1.5"], "--a must be in [0, 1]"),
+        (["--a", "nan"], "--a must be in [0, 1]"),
+        (["--sparsity-type", "2:3"], "in_features=64 (hidden_size in config.json) is not divisible by M=3"),
+        (["--sparsity-type", "1:5"], "not divisible by M=5"),
+        (["--eval-text", "/tmp"], "--eval-text /tmp: is a directory"),
+        (["--calib-text", str(d)], "is a directory"),
+        (["--model", str(d / "config-only")], "no weights in this directory"),
+        (["-v"], "--quiet and -v/--verbose contradict each other"),
+        (["--text-encoding", "no-such-codec"], "unknown text encoding 'no-such-codec'"),
+        ([*ev, "--eval-dataset", "wikitext2"], "pass only one of --eval-text and --eval-dataset"),  # issue #20 item 7
+        (["--no-eval", *ev], "--eval-text has no effect with --no-eval"),
+        (["--no-eval", "--eval-dataset", "wikitext2"], "--eval-dataset has no effect with --no-eval"),
+        (["--no-eval", "--no-dense-eval"], "--no-dense-eval has no effect with --no-eval"),
+        (["--no-eval", "--max-eval-windows", "2"], "--max-eval-windows has no effect with --no-eval"),
+        (["--cap-nsamples", "--calib-dataset", "c4"], "--cap-nsamples applies to a calibration"),
+    ]
+
+
+def test_issue25_bad_inputs_exit_2_with_one_line_within_5s_and_write_nothing(tiny_checkpoint):
+    """Items 3-4 (and issue #20 item 7's CLI conflicts): each bad input is refused before torch is
+    imported: exit 2, one line, under 5 s from the start of the process, no output written."""
+    d = tiny_checkpoint
+    base = ["--model", str(d / "model"), "--calib-text", str(d / "calib.txt"), "--nsamples", "4", "--seqlen", "32",
+            "--device", "cpu", "--quiet"]  # a later flag of the same name wins (argparse)
+    out = d / "out"
+    for extra, msg in _bad_inputs(d):
+        t0 = time.perf_counter()
+        p = cli(*base, *extra, "--json", out / "r.json", "--save", out / "ckpt")
+        elapsed = time.perf_counter() - t0
+        assert p.returncode == 2, (extra, p.returncode, p.stderr)
+        line = _one_error_line(p.stderr)
+        assert msg.format(d=d) in line, (extra, line)
+        assert elapsed < 5, (extra, elapsed)
+        assert not out.exists(), extra
+
+
+def test_issue25_checks_run_without_importing_torch(tiny_checkpoint):
+    """The reason they are fast: python -X importtime shows no torch module for a refused input."""
+    d = tiny_checkpoint
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "ria_kernels.cli",
+                        *_args(d, "--sparsity-type", "2:3")], capture_output=True, text=True, env=_env(), cwd=REPO,
+                       timeout=60)
+    assert p.returncode == 2
+    imported = [ln.split("|")[-1].strip() for ln in p.stderr.splitlines() if ln.startswith("import time:")]
+    assert imported and not [m for m in imported if m.split(".")[0] in ("torch", "triton", "transformers")]
+
+
+def test_issue25_text_encoding_flag_reads_latin1(tiny_checkpoint, capsys):
+    d = tiny_checkpoint
+    text = make_text(2000, seed=3)
+    (d / "calib-latin1.txt").write_bytes((text + " caf\xe9").encode("latin-1"))
+    assert main(_args(d, "--calib-text", str(d / "calib-latin1.txt"))) == 2
+    assert "byte offset" in _one_error_line(capsys.readouterr().err)
+    assert main(_args(d, "--calib-text", str(d / "calib-latin1.txt"), "--text-encoding", "latin-1", "--no-eval")) == 0
+
+
+def test_issue25_calibration_windows_beyond_the_text_error_or_cap(tiny_checkpoint, capsys, monkeypatch):
+    """Item 1: 2000 words hold 62 windows of 32; asking for 100000 is refused before the weights
+    load, or capped with a line by --cap-nsamples."""
+    import ria_kernels.cli as cli_mod
+    d = tiny_checkpoint
+    args = [a if a != "4" else "100000" for a in _args(d, "--no-eval", "--json", d / "r.json")]
+    loaded = []
+    real = cli_mod._Source.load
+    monkeypatch.setattr(cli_mod._Source, "load", lambda self: loaded.append(1) or real(self))
+    assert main(args) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--nsamples 100000 x --seqlen 32 = 3,200,000 tokens" in line and "holds 2,000" in line
+    assert "at most 62" in line and "--cap-nsamples" in line and not loaded and not (d / "r.json").exists()
+    assert main([*args, "--cap-nsamples"]) == 0
+    err = capsys.readouterr().err
+    assert "ria-prune: warning: --cap-nsamples: the calibration text holds 62 windows of 32 tokens" in err
+    r = json.loads((d / "r.json").read_text())
+    assert r["calibration"]["nsamples"] == 62 and r["settings"]["nsamples"] == 100000
+
+
+@pytest.mark.parametrize("config,extra,lower", [
+    ({"hidden_size": 2 ** 30, "intermediate_size": 128}, ["--nsamples", "16"], "lower --nsamples (or --seqlen)"),
+    ({"hidden_size": 2 ** 22, "intermediate_size": 2 ** 22}, ["--nsamples", "1", "--method", "sparsegpt"],
+     "use a --device with more memory (the in x in Hessians grow"),
+])
+def test_issue25_memory_estimate_over_the_machine_is_one_error(tiny_checkpoint, capsys, config, extra, lower):
+    """Item 1: a run whose activations (or SparseGPT Hessians) cannot fit is refused before the
+    weights load, naming the flag to lower; --skip-memory-check goes on (to the placeholder weights)."""
+    d = tiny_checkpoint
+    big = _fake_big_checkpoint(d, **config)
+    args = ["--model", str(big), "--calib-text", str(d / "calib.txt"), "--seqlen", "32", "--device", "cpu",
+            "--no-eval", "--quiet", *extra]
+    assert main(args) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "this run needs about" in line and "on the CPU (MemAvailable)" in line and "is available" in line
+    assert lower in line, line
+    assert main([*args, "--skip-memory-check"]) == 2
+    assert "cannot load the model weights" in _one_error_line(capsys.readouterr().err)
+
+
+def test_issue25_memory_estimate_matches_measured_rss(tmp_path):
+    """Item 1's acceptance: the estimate against a run whose peak RSS (ru_maxrss of a subprocess) is
+    measured. Two runs differ only in --nsamples; the RSS they add must be what the estimate adds
+    (never more: the guard must not let a run through that cannot fit; not less than half)."""
+    import re
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    model_dir = tmp_path / "model"
+    LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=512, intermediate_size=512, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=4,
+                                 max_position_embeddings=256)).save_pretrained(model_dir)
+    make_tiny_tokenizer(model_dir)
+    (tmp_path / "calib.txt").write_text(make_text(70_000, seed=1))
+    probe = ("import resource, sys\nfrom ria_kernels.cli import main\nrc = main(sys.argv[1:])\n"
+             "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)\n"
+             "sys.exit(rc)\n")
+    measured, estimated = {}, {}
+    for n in (16, 512):
+        p = subprocess.run([sys.executable, "-c", probe, "--model", str(model_dir), "--calib-text",
+                            str(tmp_path / "calib.txt"), "--no-eval", "--nsamples", str(n), "--seqlen", "128",
+                            "--method", "wanda", "--device", "cpu", "-v"], capture_output=True, text=True,
+                           env=_env(OMP_NUM_THREADS="1"), cwd=REPO, timeout=600)
+        assert p.returncode == 0, p.stderr
+        measured[n] = int(re.search(r"MAXRSS (\d+)", p.stderr).group(1))
+        parts = re.search(r"memory estimate \(bytes\): (\{.*?\});", p.stderr).group(1)
+        estimated[n] = sum(json.loads(parts.replace("'", '"')).values())
+    grew, predicted = measured[512] - measured[16], estimated[512] - estimated[16]
+    assert predicted > 100e6  # the activations dominate what differs between the runs
+    assert 0.5 * predicted <= grew <= 1.1 * predicted, f"RSS grew {grew / 1e6:.1f} MB, estimate {predicted / 1e6:.1f} MB"
+
+
+def _linear_bytes(path: Path, sparse: bool) -> int:
+    from safetensors import safe_open
+    total = 0
+    with safe_open(str(path), "pt") as f:
+        for k in f.keys():
+            if (k.endswith((".values", ".meta")) if sparse else k.endswith("proj.weight")):
+                t = f.get_tensor(k)
+                total += t.numel() * t.element_size()
+    return total
+
+
+@pytest.mark.parametrize("work", ["float32", "float16", "bfloat16"])
+def test_issue25_save_sparse_keeps_source_dtype_and_is_smaller_in_every_dtype(tiny_checkpoint, capsys, work):
+    """Item 2: --save and --save-sparse both write the source dtype by default and both take
+    --save-dtype; the compressed linears are <= 0.6x the dense save's in every combination."""
+    d = tiny_checkpoint
+    half = d / "half"
+    if not half.exists():
+        make_tiny_model("llama").half().save_pretrained(half)
+        make_tiny_tokenizer(half)
+    for save_dtype in (None, "float32", "float16", "bfloat16"):
+        tag = f"{work}-{save_dtype}"
+        flags = ["--dtype", work, "--sparsity-type", "2:4", "--method", "magnitude", "--no-eval", "--save",
+                 d / f"dense-{tag}", "--save-sparse", d / f"sparse-{tag}"]
+        if save_dtype:
+            flags += ["--save-dtype", save_dtype]
+        assert main(_args(d, *flags, model="half")) == 0, capsys.readouterr().err
+        want = save_dtype or "float16"
+        assert f"({want})" in capsys.readouterr().out
+        meta = json.loads((d / f"sparse-{tag}" / "ria_sparse.json").read_text())
+        assert meta["dtype"] == want
+        dense = _linear_bytes(d / f"dense-{tag}" / "model.safetensors", sparse=False)
+        sparse = _linear_bytes(d / f"sparse-{tag}" / "model.safetensors", sparse=True)
+        assert sparse == meta["linear_bytes"]["compressed"] and dense == meta["linear_bytes"]["dense_equivalent"]
+        assert sparse <= 0.6 * dense, (tag, sparse, dense)
+        whole_dense = (d / f"dense-{tag}" / "model.safetensors").stat().st_size
+        assert (d / f"sparse-{tag}" / "model.safetensors").stat().st_size < whole_dense, tag
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_issue25_outputs_respect_the_umask(tiny_checkpoint, capsys, umask):
+    """Item 5: --json and every --save file get 0666 & ~umask (mkstemp's 0600 is not kept)."""
+    d = tiny_checkpoint
+    old = os.umask(umask)
+    try:
+        assert main(_args(d, "--no-eval", "--json", d / "r.json", "--save", d / "ckpt")) == 0
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    assert (d / "r.json").stat().st_mode & 0o777 == want
+    files = [p for p in (d / "ckpt").rglob("*") if p.is_file()]
+    assert files and {p.stat().st_mode & 0o777 for p in files} == {want}
+
+
+def test_issue25_fast_memory_on_cpu_is_said_in_the_summary(tiny_checkpoint):
+    """Item 5: a SparseLinear built with memory='fast' on the CPU holds no tensor-core copy; the
+    sparse-inference summary says so (the log line is tested in tests/test_sparse_linear.py)."""
+    import ria_kernels.cli as cli_mod
+    from ria_kernels import SparseLinear
+    lin = torch.nn.Linear(64, 32, bias=False)
+    with torch.no_grad():
+        lin.weight.view(-1, 4)[:, :2] = 0
+    model = torch.nn.Sequential(SparseLinear.from_linear(lin, memory="fast"))
+    summary = cli_mod._sparse_inference_summary(model, 1, "cpu")
+    assert summary["memory_modes"] == {"fast": 1}
+    assert "1 memory='fast' modules hold only the compact format (no tensor-core copy can be built on cpu)" \
+        in summary["note"]

@@ -182,6 +182,30 @@ def test_load_with_dtype_and_dense_memory(tmp_path):
     assert (logits(ref, IDS) - want).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("save", [torch.float32, torch.float16, torch.bfloat16])
+def test_save_dtype_casts_floating_tensors_only(tmp_path, save):
+    """Issue #25 item 2: ``dtype=`` writes every floating tensor in that dtype (indices and
+    permutations keep theirs), records it, and the compressed linears stay <= 0.6x dense."""
+    from safetensors import safe_open
+    _, report, model = converted("llama")
+    out = save_sparse(model, tmp_path / "ck", report=report, dtype=save)
+    meta = json.loads((out / sc.METADATA_FILE).read_text())
+    name = str(save).replace("torch.", "")
+    assert meta["dtype"] == name and json.loads((out / "config.json").read_text())["dtype"] == name
+    with safe_open(str(out / sc.TENSORS_FILE), "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    assert {d for d in dtypes.values() if d.is_floating_point} == {save}
+    assert all(not dtypes[k].is_floating_point for k in dtypes if k.endswith((".meta", ".perm")))
+    lb = meta["linear_bytes"]
+    assert lb["dense_equivalent"] == sum(m.in_features * m.out_features for m in model.modules()
+                                         if isinstance(m, SparseLinear)) * torch.empty((), dtype=save).element_size()
+    assert lb["compressed"] <= 0.6 * lb["dense_equivalent"]
+    back = load_sparse(out)
+    assert all(m.values.dtype == save for m in back.modules() if isinstance(m, SparseLinear))
+    with pytest.raises(RiaInputError, match="dtype must be one of"):
+        save_sparse(model, tmp_path / "bad", dtype=torch.int8)
+
+
 def test_tied_embeddings_stay_tied(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)

@@ -287,6 +287,22 @@ def test_fast_on_cpu_holds_compact_only(caplog):
                    for r in caplog.records), "the missing tensor-core copy must be logged"
 
 
+def test_fast_on_cpu_warns_and_says_compact_only(caplog, monkeypatch):
+    """Issue #25 item 5: memory='fast' where no tensor-core copy can be held is a WARNING (seen
+    without -v) and the module's repr says it, instead of silently running as 'compact'."""
+    from ria_kernels import _logging
+    monkeypatch.setattr(_logging, "_seen", set())  # log_once: a test before this one may have logged it
+    with caplog.at_level(logging.WARNING, logger="ria_kernels"):
+        m = SparseLinear.from_linear(pruned_linear(48, 96, dtype=torch.float32), memory="fast")
+    if CUDA:
+        pytest.skip("a CPU-only check: on CUDA the copy is held")
+    assert m.fast_without_copy and "compact only: no tensor-core copy here" in repr(m)
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("memory='fast' on cpu" in t and "holds only the compact format" in t and "memory='compact'" in t
+               for t in msgs), msgs
+    assert not SparseLinear.from_linear(pruned_linear(48, 96, dtype=torch.float32)).fast_without_copy
+
+
 @needs_cuda
 def test_fast_mode_bytes_on_gpu():
     _skip_unless_backend("cusparselt", 256, 512, torch.float16)

@@ -34,6 +34,7 @@ from .._backend import resolve_backend
 from .. import _device
 from .._errors import RiaInputError
 from .._validation import check_divisible, check_matrix, check_nm, check_ratio
+from ._grid import cdiv, next_power_of_2
 
 
 # --------------------------------------------------------------------------- reference
@@ -265,11 +266,19 @@ def nm_tile(r: int, c: int, m: int, elem_size: int = 4) -> tuple[int, int, int, 
     register ranking, and with exactly one vector per thread the compiler gives the loads
     and every store (input dtype, int8 mask) the same layout, so no shared-memory layout
     conversion is needed. Ranking costs M*(M-1)/2 compares per group."""
-    mp = triton.next_power_of_2(m)
-    width = min(256, triton.next_power_of_2(max(c // m, 1)) * mp)
+    mp = next_power_of_2(m)
+    width = min(256, next_power_of_2(max(c // m, 1)) * mp)
     elems = 128 * max(mp, 16 // elem_size)
-    block_r = max(1, min(elems // width, triton.next_power_of_2(max(r, 1))))
+    block_r = max(1, min(elems // width, next_power_of_2(max(r, 1))))
     return mp, block_r, width, 4
+
+
+def nm_launch_config(r: int, c: int, m: int, elem_size: int = 4) -> tuple[int, int, int, int, tuple[int, int]]:
+    """(MP, BLOCK_R, BLOCK_W, num_warps, grid) of the N:M kernels (``_nm_topk_kernel`` and the
+    fused prune): ``nm_tile`` plus one program per BLOCK_R rows x BLOCK_W // MP groups. The
+    grid counts groups, not columns: with M < MP a program covers only BLOCK_W // MP * M columns."""
+    mp, block_r, block_w, warps = nm_tile(r, c, m, elem_size)
+    return mp, block_r, block_w, warps, (cdiv(r, block_r), cdiv(c // m, block_w // mp))
 
 
 @_device.guarded  # the inputs' device and stream (issue 20)
@@ -286,8 +295,7 @@ def _nm_topk_triton(score: torch.Tensor, n: int, m: int, *, with_sums: bool = Tr
         sums = torch.empty((r, g), dtype=torch.float32, device=score.device) if sums_out is None else sums_out
     if r == 0 or c == 0:
         return mask, (sums if with_sums else None)
-    mp, block_r, block_w, warps = nm_tile(r, c, m, score.element_size())
-    grid = (triton.cdiv(r, block_r), triton.cdiv(g, block_w // mp))
+    mp, block_r, block_w, warps, grid = nm_launch_config(r, c, m, score.element_size())
     _nm_topk_kernel[grid](score, mask.view(torch.int8), sums if with_sums else mask, r, c, g, score.stride(0),
                           KEEP=m - n, M=m, MP=mp, BLOCK_R=block_r, BLOCK_W=block_w, WRITE_SUM=with_sums,
                           num_warps=warps)

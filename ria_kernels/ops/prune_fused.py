@@ -27,8 +27,8 @@ from .._backend import resolve_backend
 from .. import _device
 from .._errors import RiaInputError
 from .._validation import check_act_norm, check_divisible, parse_sparsity
-from .nm_mask import (join_lanes, nm_keep_tile, nm_mask_reference, split_lanes, nm_tile, nm_tile_offsets, rank_key, rank_scores, threshold_mask,
-                      unstructured_mask_reference)
+from .nm_mask import (join_lanes, nm_keep_tile, nm_launch_config, nm_mask_reference, split_lanes, nm_tile_offsets, rank_key,
+                      rank_scores, threshold_mask, unstructured_mask_reference)
 from .ria_score import _check_inputs, _pruning_score_triton, pruning_score_reference, triton_factors
 
 try:
@@ -156,6 +156,12 @@ if triton is not None:
         tl.store(mask_ptr + out_off, keep, mask=valid)
 
 
+def fused_nm_launch_config(r: int, c: int, m: int, elem_size: int) -> tuple[int, int, int, int, tuple[int, int]]:
+    """(MP, BLOCK_R, BLOCK_W, num_warps, grid) of ``_fused_nm_kernel``: the N:M tile and grid of
+    ``ops/nm_mask.py`` (same tile offsets, ``nm_tile_offsets``), sized by W's element size."""
+    return nm_launch_config(r, c, m, elem_size)
+
+
 @_device.guarded  # the inputs' device and stream (issue 20)
 def _fused_nm_triton(weight, act_norm, method, a, n, m, out=None, mask_out=None):
     """Pass 1 (RI/RIA only): |W| row/column sums from one read of W and one finishing launch
@@ -168,8 +174,7 @@ def _fused_nm_triton(weight, act_norm, method, a, n, m, out=None, mask_out=None)
     mask = torch.empty((r, c), dtype=torch.bool, device=weight.device) if mask_out is None else mask_out
     if r == 0 or c == 0:
         return out, mask
-    mp, block_r, block_w, warps = nm_tile(r, c, m, weight.element_size())
-    grid = (triton.cdiv(r, block_r), triton.cdiv(c // m, block_w // mp))
+    mp, block_r, block_w, warps, grid = fused_nm_launch_config(r, c, m, weight.element_size())
     unused = weight  # pointer for a factor the method does not read
     _fused_nm_kernel[grid](weight, out, mask.view(torch.int8), unused if row_inv is None else row_inv,
                            unused if col_inv is None else col_inv, unused if col_scale is None else col_scale,

@@ -15,6 +15,7 @@ from .._backend import resolve_backend
 from .. import _device
 from .._errors import RiaInputError
 from .._validation import check_act_norm, check_matrix
+from ._grid import cdiv, next_power_of_2
 
 METHODS = ("magnitude", "wanda", "ri", "ria")
 
@@ -194,12 +195,34 @@ def _sm_count(device: torch.device) -> int:
 
 def abs_sums_config(r: int, c: int, sms: int = 132) -> tuple[int, int, int]:
     """(rows_per_prog, grid_rows, grid_cols) of pass 1: the most rows per program (fewest
-    partials) that still gives >= _MIN_BLOCKS_PER_SM * sms blocks."""
-    gc = triton.cdiv(c, _SUM_BLOCK_C)
-    rows = min(_SUM_MAX_ROWS, triton.cdiv(r, _SUM_BLOCK_R) * _SUM_BLOCK_R)
-    while rows > _SUM_BLOCK_R and triton.cdiv(r, rows) * gc < _MIN_BLOCKS_PER_SM * sms:
+    partials) that still gives >= _MIN_BLOCKS_PER_SM * sms blocks.
+
+    rows_per_prog is _SUM_BLOCK_R times a power of two (16 .. 256): the kernel walks its strip
+    in BLOCK_R steps, so a strip that is not a multiple of BLOCK_R would overlap the next one
+    and count rows twice (issue 20: 33x128 gave 24-row strips); powers of two also keep the
+    set of compiled variants small (5)."""
+    gc = cdiv(c, _SUM_BLOCK_C)
+    rows = min(_SUM_MAX_ROWS, next_power_of_2(cdiv(max(r, 1), _SUM_BLOCK_R)) * _SUM_BLOCK_R)
+    while rows > _SUM_BLOCK_R and cdiv(r, rows) * gc < _MIN_BLOCKS_PER_SM * sms:
         rows //= 2
-    return rows, triton.cdiv(r, rows), gc
+    return rows, cdiv(r, rows), gc
+
+
+_FINISH_BLOCK = 1024
+
+
+def abs_sums_finish_config(r: int, c: int) -> tuple[int, int]:
+    """(BLOCK, grid) of the finishing launch: cdiv(r, BLOCK) programs for the rows, then
+    cdiv(c, BLOCK) for the columns (the kernel splits on the same count)."""
+    return _FINISH_BLOCK, cdiv(r, _FINISH_BLOCK) + cdiv(c, _FINISH_BLOCK)
+
+
+_SCORE_BLOCK_R, _SCORE_BLOCK_C = 32, 128
+
+
+def score_launch_config(r: int, c: int) -> tuple[int, int, tuple[int, int]]:
+    """(BLOCK_R, BLOCK_C, grid) of the score kernel: one [32 x 128] tile per program."""
+    return _SCORE_BLOCK_R, _SCORE_BLOCK_C, (cdiv(r, _SCORE_BLOCK_R), cdiv(c, _SCORE_BLOCK_C))
 
 
 @_device.guarded  # the inputs' device and stream (issue 20)
@@ -217,9 +240,8 @@ def abs_sum_inverses_triton(weight: torch.Tensor) -> tuple[torch.Tensor, torch.T
                                BLOCK_R=_SUM_BLOCK_R, BLOCK_C=_SUM_BLOCK_C, num_warps=4)
     row_inv = torch.empty(r, dtype=torch.float32, device=weight.device)
     col_inv = torch.empty(c, dtype=torch.float32, device=weight.device)
-    block = 1024
-    _abs_sums_finish_kernel[(triton.cdiv(r, block) + triton.cdiv(c, block),)](
-        rowp, colp, row_inv, col_inv, r, c, gc, gr, BLOCK=block, num_warps=4)
+    block, grid = abs_sums_finish_config(r, c)
+    _abs_sums_finish_kernel[(grid,)](rowp, colp, row_inv, col_inv, r, c, gc, gr, BLOCK=block, num_warps=4)
     return row_inv, col_inv
 
 
@@ -260,8 +282,7 @@ def _pruning_score_triton(weight, act_norm, method, a, out=None):
         out = torch.empty((r, c), dtype=torch.float32, device=weight.device)
     if r == 0 or c == 0:
         return out
-    block_r, block_c = 32, 128
-    grid = (triton.cdiv(r, block_r), triton.cdiv(c, block_c))
+    block_r, block_c, grid = score_launch_config(r, c)
     unused = out  # pointer for a factor the method does not read
     _score_kernel[grid](weight, out, unused if row_inv is None else row_inv, unused if col_inv is None else col_inv,
                         unused if col_scale is None else col_scale, r, c, weight.stride(0),
@@ -288,7 +309,9 @@ def aot_cases():
             return pruning_score(w, torch.ones(shape[1]), method, 0.5, backend="triton")
         return f"score {method} {dtype} {shape[0]}x{shape[1]}", run
 
-    for shape in ((8192, 28672), (28672, 8192), (4096, 4096), (7, 36), (1, 5)):
+    # pass 1 at 132 SMs: 16-row strips (small shapes), 32 (4096^2), 64 (8192x4096), 128 (8192^2),
+    # 256 (8192x28672): every ROWS_PER_PROG abs_sums_config can return
+    for shape in ((8192, 28672), (28672, 8192), (4096, 4096), (8192, 4096), (8192, 8192), (7, 36), (1, 5)):
         yield case(shape, "fp16", "ria")
     for dtype in ("bf16", "fp32"):
         yield case((4096, 4096), dtype, "ria")

@@ -25,6 +25,7 @@ import torch
 from .._backend import resolve_backend
 from .. import _device
 from .._errors import RiaInputError
+from ._grid import next_power_of_2
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -231,7 +232,7 @@ if triton is not None:
 def rms_launch_config(h: int) -> tuple[int, int]:
     """(BLOCK_H, num_warps): the whole row in one program, <= 32 elements per thread per tensor
     (up to 32 warps at 32768), so no hidden size up to 28672 spills (checked by the AOT gate)."""
-    block = triton.next_power_of_2(h)
+    block = next_power_of_2(h)
     return block, min(32, max(4, block // 1024))
 
 

@@ -5,7 +5,7 @@ from ria_kernels import RiaInputError
 from ria_kernels.ops.nm_mask import (_nm_topk_triton, kth_smallest, nm_mask, nm_mask_reference, nm_topk_blocks,
                                      nm_topk_blocks_reference, threshold_mask, unstructured_mask,
                                      unstructured_mask_reference)
-from ._util import DEVICE, DTYPES, TOL, assert_mask_written, needs_triton, poisoned, rand
+from ._util import DEVICE, DTYPES, TOL, assert_mask_written, guarded, huge_row_view, needs_triton, poisoned, rand
 
 # M = 2..16 incl. non-powers of two (3, 6, 12: padded lanes), and 32 (the max we test)
 NM = [(2, 4), (1, 4), (3, 4), (4, 8), (2, 8), (5, 16), (1, 2), (1, 3), (2, 6), (6, 12), (16, 32)]
@@ -18,8 +18,10 @@ def test_nm_topk_kernel_exact(rows, n, m, k):
     s = rand(rows, m * k, seed=rows * 31 + m * 7 + k)
     s[0, :m] = 0.5  # a fully tied group: lower column index must win
     s[rows // 2] = 0  # an all-zero row (every group fully tied)
-    mask_out, sums_out = poisoned((rows, m * k), torch.bool), poisoned((rows, k), torch.float32)
+    (mask_out, check_mask), (sums_out, check_sums) = guarded((rows, m * k), torch.bool), guarded((rows, k), torch.float32)
     mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
+    check_mask()
+    check_sums()  # no store past the (small) sums buffer
     assert mask.data_ptr() == mask_out.data_ptr() and sums.data_ptr() == sums_out.data_ptr()
     ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
     assert_mask_written(mask, ref_mask)
@@ -161,8 +163,10 @@ def test_nan_inf_scores_keep_exactly_m_minus_n(n, m):
     s[4, 2 * m] = float("nan")
     s[4, 2 * m + 1] = float("inf")
     s[5, :] = torch.where(torch.arange(4 * m) % 2 == 0, -0.0, 0.0)  # -0.0 == +0.0: lower index wins
-    mask_out, sums_out = poisoned((7, 4 * m), torch.bool), poisoned((7, 4), torch.float32)
+    (mask_out, check_mask), (sums_out, check_sums) = guarded((7, 4 * m), torch.bool), guarded((7, 4), torch.float32)
     mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
+    check_mask()
+    check_sums()
     ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
     assert_mask_written(mask, ref_mask)
     assert bool((mask.reshape(7, 4, m).sum(-1) == m - n).all())
@@ -202,5 +206,66 @@ def test_single_row_and_odd_widths(shape, n, m):
     s = rand(*shape, seed=shape[1])
     mask, sums = nm_topk_blocks(s, n, m, backend="triton")
     ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)
+
+
+# ---- issue 20 regressions
+@needs_triton
+@pytest.mark.parametrize("r,n,m,groups", [(1, 1, 9, 17), (3, 2, 6, 45), (2, 4, 12, 22), (1, 1, 3, 86), (5, 2, 4, 65)])
+def test_nm_grid_covers_every_group(r, n, m, groups):
+    """M not a power of two and G * MP > 256 (1x153 at 1:9): the grid must count groups
+    (BLOCK_W // MP per program), not BLOCK_W columns, or the last groups are never written."""
+    s = rand(r, m * groups, seed=m * groups)
+    mask_out, check_mask = guarded(s.shape, torch.bool)
+    sums_out, check_sums = guarded((r, groups), torch.float32)
+    mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
+    check_mask()
+    check_sums()
+    ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
+    assert_mask_written(mask, ref_mask)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("row,n,m,keep", [([float("nan"), float("nan"), 1.0], 1, 3, [True, False, True]),
+                                          ([float("nan")] * 3, 1, 3, [True, True, False]),
+                                          ([float("nan"), 1.0, float("nan"), float("nan"), float("-inf"), 2.0], 3, 6,
+                                           [True, True, False, False, False, True]),
+                                          ([float("nan")] * 5, 3, 5, [True, True, False, False, False])])
+def test_nan_with_padding_lanes(row, n, m, keep):
+    """NaN ranks as -inf and so do the padding lanes of a non-power-of-two M: the real lanes
+    (lower index) must win the tie, so a group still keeps exactly M - N real columns."""
+    s = torch.tensor([row], device=DEVICE)
+    want = torch.tensor([keep], device=DEVICE)
+    assert torch.equal(nm_mask_reference(s, n, m), want)
+    mask, sums = nm_topk_blocks(s, n, m, backend="triton")
+    assert torch.equal(mask, want)
+    torch.testing.assert_close(sums, nm_topk_blocks_reference(s, n, m)[1], equal_nan=True)
+    assert torch.equal(nm_mask(s, n, m, backend="triton"), want)
+
+
+@needs_triton
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 3), (4, 8)])
+def test_row_strided_score_view(n, m):
+    """Scores as a column slice of a wider matrix (stride(0) > shape[1]): rows are addressed
+    with the row stride, outputs with the view's own width."""
+    big = rand(9, 12 * m + 20, seed=m)
+    view = big[:, 5:5 + 12 * m]
+    assert view.stride(0) != view.shape[1]
+    mask, sums = nm_topk_blocks(view, n, m, backend="triton")
+    ref_mask, ref_sums = nm_topk_blocks_reference(view.contiguous(), n, m)
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)
+    assert torch.equal(nm_mask(view, n, m, backend="triton"), nm_mask_reference(view.contiguous(), n, m))
+
+
+@needs_triton
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 3)])
+def test_int64_row_offsets(n, m):
+    """Row r at r * stride(0) >= 2^31 elements: the N:M kernel's row offsets are int64."""
+    view = huge_row_view(12 * m, seed=m)
+    mask, sums = nm_topk_blocks(view, n, m, backend="triton")
+    ref_mask, ref_sums = nm_topk_blocks_reference(view.contiguous(), n, m)
     assert torch.equal(mask, ref_mask)
     torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)

@@ -3,7 +3,7 @@ import torch
 
 from ria_kernels import RiaInputError
 from ria_kernels.ops.prune_fused import fused_prune, fused_prune_reference
-from ._util import DEVICE, DTYPES, assert_mask_written, needs_triton, poisoned, rand
+from ._util import DEVICE, DTYPES, assert_mask_written, guarded, huge_row_view, needs_triton, poisoned, rand
 
 METHODS = ("magnitude", "wanda", "ri", "ria")
 
@@ -32,8 +32,10 @@ def _inputs(shape, dtype, seed):
 def test_fused_prune_matches_reference(shape, dtype, method, sparsity):
     seed = hash((shape, str(dtype), method, sparsity)) % 10_000
     w, act = _inputs(shape, dtype, seed)
-    out, mask_out = poisoned(shape, dtype), poisoned(shape, torch.bool)
+    (out, check_out), (mask_out, check_mask) = guarded(shape, dtype), guarded(shape, torch.bool)
     got_w, got_m = fused_prune(w, act, method, 0.5, sparsity, backend="triton", out=out, mask_out=mask_out)
+    check_out()
+    check_mask()
     ref_w, ref_m = fused_prune_reference(w, act, method, 0.5, sparsity)
     assert got_w.data_ptr() == out.data_ptr() and got_m.data_ptr() == mask_out.data_ptr()
     assert_mask_written(got_m, ref_m)
@@ -151,3 +153,75 @@ def test_single_row_and_odd_widths(shape, sparsity):
     got_w, got_m = fused_prune(w, act, "ria", 0.5, sparsity, backend="triton")
     ref_w, ref_m = fused_prune_reference(w, act, "ria", 0.5, sparsity)
     assert torch.equal(got_m, ref_m) and torch.equal(got_w, ref_w)
+
+
+# ---- issue 20 regressions
+@needs_triton
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("per_output", [False, True])
+def test_nan_weight_unstructured_triton(method, per_output):
+    """[[nan, 1.0]] at 50%: the NaN score ranks as -inf and is the one pruned (the Triton
+    unstructured path ranks the scores the kernel wrote, NaN included)."""
+    w = torch.tensor([[float("nan"), 1.0]], device=DEVICE)
+    act = torch.ones(2, device=DEVICE)
+    got_w, got_m = fused_prune(w, act, method, 0.5, 0.5, per_output, backend="triton")
+    assert torch.equal(got_m, torch.tensor([[False, True]], device=DEVICE))
+    assert torch.equal(got_w, torch.tensor([[0.0, 1.0]], device=DEVICE))
+    ref_w, ref_m = fused_prune_reference(w, act, method, 0.5, 0.5, per_output)
+    assert torch.equal(got_m, ref_m) and torch.equal(got_w, ref_w)
+
+
+@needs_triton
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("row,sparsity,keep", [([float("nan"), float("nan"), 1.0], "1:3", [True, False, True]),
+                                               ([float("nan")] * 6, "3:6", [True] * 3 + [False] * 3)])
+def test_nan_weight_with_padding_lanes(method, row, sparsity, keep):
+    """NaN scores (-inf) tie with the padding lanes of a non-power-of-two M; the real, lower
+    lanes win, so each group keeps exactly M - N real weights."""
+    w = torch.tensor([row], device=DEVICE)
+    act = torch.ones(len(row), device=DEVICE)
+    got_w, got_m = fused_prune(w, act, method, 0.5, sparsity, backend="triton")
+    want = torch.tensor([keep], device=DEVICE)
+    assert torch.equal(got_m, want)
+    ref_w, ref_m = fused_prune_reference(w, act, method, 0.5, sparsity)
+    assert torch.equal(ref_m, want)
+    torch.testing.assert_close(got_w, ref_w, equal_nan=True, rtol=0, atol=0)
+
+
+@needs_triton
+@pytest.mark.parametrize("sparsity", ["2:4", "1:3", 0.5])
+def test_row_strided_weight_view(sparsity):
+    big = rand(9, 60, dtype=torch.float16, seed=2)
+    view = big[:, 6:54]
+    act = rand(48, seed=3).abs() + 0.01
+    got_w, got_m = fused_prune(view, act, "ria", 0.5, sparsity, backend="triton")
+    ref_w, ref_m = fused_prune_reference(view.contiguous(), act, "ria", 0.5, sparsity)
+    assert torch.equal(got_m, ref_m) and torch.equal(got_w, ref_w)
+
+
+@needs_triton
+@pytest.mark.parametrize("method", ["magnitude", "ria"])
+@pytest.mark.parametrize("sparsity", ["2:4", "1:3"])
+def test_int64_row_offsets(method, sparsity):
+    """Row r of W at r * stride(0) >= 2^31 elements: pass 1 and the fused kernel use int64 rows."""
+    view = huge_row_view(48, seed=5)
+    act = rand(48, seed=6).abs() + 0.01
+    got_w, got_m = fused_prune(view, act, method, 0.5, sparsity, backend="triton")
+    ref_w, ref_m = fused_prune_reference(view.contiguous(), act, method, 0.5, sparsity)
+    assert torch.equal(got_m, ref_m) and torch.equal(got_w, ref_w)
+
+
+@needs_triton
+@pytest.mark.parametrize("sparsity", ["2:4", "1:3", "5:16", 0.5])
+@pytest.mark.parametrize("shape", [(1, 48), (7, 144), (33, 96)])
+def test_outputs_guarded(sparsity, shape):
+    """No store outside ``out`` / ``mask_out`` (guard elements before and after untouched)."""
+    w, act = _inputs(shape, torch.float16, shape[0] + shape[1])
+    out, check_out = guarded(shape, torch.float16)
+    mask_out, check_mask = guarded(shape, torch.bool)
+    got_w, got_m = fused_prune(w, act, "ria", 0.5, sparsity, backend="triton", out=out, mask_out=mask_out)
+    check_out()
+    check_mask()
+    ref_w, ref_m = fused_prune_reference(w, act, "ria", 0.5, sparsity)
+    assert_mask_written(got_m, ref_m)
+    assert torch.equal(got_w, ref_w)

@@ -4,7 +4,7 @@ import torch
 from ria_kernels import RiaInputError, ria_score
 from ria_kernels.ops.ria_score import (METHODS, _pruning_score_triton, abs_sums_triton, pruning_score,
                                        pruning_score_reference)
-from ._util import DEVICE, DTYPES, TOL, needs_triton, poisoned, rand
+from ._util import DEVICE, DTYPES, TOL, guarded, huge_row_view, needs_triton, poisoned, rand, sm_count
 
 
 def _reference64(w, act, method, a):
@@ -28,8 +28,9 @@ def test_score_kernel_matches_reference(shape, dtype, method):
         w[shape[0] // 2, :] = 0  # an all-zero row: its 1/row_sum term must be 0, not inf/NaN
     w[:, -1] = 0  # an all-zero column: its 1/col_sum term must be 0
     act = rand(shape[1], seed=seed + 1).abs() + 0.01
-    out = poisoned(shape, torch.float32)
+    out, check = guarded(shape, torch.float32)
     got = _pruning_score_triton(w, act, method, 0.5, out=out)
+    check()
     assert got.data_ptr() == out.data_ptr() and bool(torch.isfinite(got).all())
     rtol, atol = TOL["score_vs_fp64"][dtype]
     torch.testing.assert_close(got.double(), _reference64(w.float(), act.float(), method, 0.5), rtol=rtol, atol=atol)
@@ -122,3 +123,46 @@ def test_zero_act_norm_is_valid():
     w = rand(4, 8, seed=1)
     got = ria_score(w, torch.zeros(8, device=DEVICE), backend="torch")
     assert torch.equal(got, torch.zeros_like(got))
+
+
+# ---- issue 20 regressions
+@needs_triton
+@pytest.mark.parametrize("rows,sms", [(33, 132), (48, 132), (65, 132), (80, 132), (96, 132), (100, 132), (192, 132),
+                                      (200, 132), (100, 108), (192, 114), (48, 1)])
+def test_issue20_pass1_strips_do_not_overlap(rows, sms):
+    """W 33x128 scored every element wrong (rows-per-program of pass 1 halved to 24, not a
+    multiple of BLOCK_R: strips overlapped and column sums counted rows twice)."""
+    w = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows)).to(DEVICE)
+    act = torch.rand(128, generator=torch.Generator().manual_seed(1)).to(DEVICE) + 0.05
+    out, check = guarded((rows, 128), torch.float32)
+    with sm_count(sms):
+        got = _pruning_score_triton(w, act, "ria", 0.5, out=out)
+        cols = abs_sums_triton(w)[1]
+    check()
+    torch.testing.assert_close(cols.double(), w.double().abs().sum(0), rtol=1e-6, atol=0)
+    rtol, atol = TOL["score_vs_fp64"][torch.float32]
+    torch.testing.assert_close(got.double(), _reference64(w, act, "ria", 0.5), rtol=rtol, atol=atol)
+    torch.testing.assert_close(ria_score(w, act, backend="triton"), ria_score(w, act, backend="torch"),
+                               rtol=2e-6, atol=0)
+
+
+@needs_triton
+@pytest.mark.parametrize("method", METHODS)
+def test_int64_row_offsets(method):
+    """Row r of W at r * stride(0) >= 2^31 elements: the kernels' row offsets are int64."""
+    view = huge_row_view(40, seed=3)
+    act = rand(40, seed=4).abs() + 0.01
+    got = _pruning_score_triton(view, act, method, 0.5)
+    torch.testing.assert_close(got, pruning_score_reference(view.contiguous(), act, method, 0.5), rtol=2e-6, atol=0)
+
+
+@needs_triton
+@pytest.mark.parametrize("method", METHODS)
+def test_outputs_guarded(method):
+    """No store outside the score matrix (guard elements before and after it untouched)."""
+    for shape in ((1, 1), (7, 129), (33, 300)):
+        w, act = rand(*shape, seed=shape[1]), rand(shape[1], seed=1).abs()
+        out, check = guarded(shape, torch.float32)
+        got = _pruning_score_triton(w, act, method, 0.5, out=out)
+        check()
+        torch.testing.assert_close(got, pruning_score_reference(w, act, method, 0.5), rtol=2e-6, atol=0)

@@ -3,7 +3,7 @@ import torch
 
 from ria_kernels import RiaInputError, permuted_rms_norm
 from ria_kernels.ops.rms_norm import permuted_rms_norm_reference
-from ._util import DEVICE, DTYPES, TOL, needs_cuda, needs_triton, poisoned, rand
+from ._util import DEVICE, DTYPES, TOL, guarded, needs_cuda, needs_triton, poisoned, rand
 
 
 def _ref64(x, w, perm, eps, res):
@@ -32,9 +32,11 @@ def test_kernel_matches_reference(shape, dtype, permute, residual):
     r = rand(*shape, dtype=dtype, seed=seed + 2) if residual else None
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(shape[-1], generator=g).to(DEVICE) if permute else None
-    out = poisoned(shape, dtype)
-    res_out = poisoned(shape, dtype) if residual else None
+    out, check_out = guarded(shape, dtype)
+    res_out, check_res = guarded(shape, dtype) if residual else (None, lambda: None)
     got = permuted_rms_norm(x, w, perm, 1e-6, r, backend="triton", out=out, residual_out=res_out)
+    check_out()
+    check_res()
     y, h = (got if residual else (got, None))
     assert y.data_ptr() == out.data_ptr()
     ry, rh = _ref64(x, w, perm, 1e-6, r)
@@ -222,6 +224,25 @@ def test_int16_perm_rejected_above_32768():
     x, w = torch.zeros(1, 32769), torch.ones(32769)
     with pytest.raises(RiaInputError, match="int32/int64 for hidden size 32769"):
         permuted_rms_norm(x, w, torch.zeros(32769, dtype=torch.int16), validate=False)
+
+
+# ---- issue 20: guard elements around the outputs
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (2, 1000), (4, 48)])
+def test_outputs_guarded(dtype, shape):
+    """No store outside ``out`` / ``residual_out`` (guard elements before and after untouched)."""
+    x, r = rand(*shape, dtype=dtype, seed=1), rand(*shape, dtype=dtype, seed=2)
+    w = rand(shape[-1], dtype=dtype, seed=3)
+    perm = torch.randperm(shape[-1], generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    out, check_out = guarded(shape, dtype)
+    res_out, check_res = guarded(shape, dtype)
+    y, h = permuted_rms_norm(x, w, perm, 1e-6, r, backend="triton", out=out, residual_out=res_out)
+    check_out()
+    check_res()
+    ry, rh = permuted_rms_norm_reference(x, w, perm, 1e-6, r)
+    rtol, atol = TOL["rms_norm"][dtype]
+    torch.testing.assert_close(y.double(), ry.double(), rtol=rtol, atol=atol)
 
 
 # --------------------------------------------------------------------------- CUDA-graph safety of the narrow cache

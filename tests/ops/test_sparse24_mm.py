@@ -13,29 +13,6 @@ from ria_kernels.ops.sparse24_mm import (Sparse24Config, compress_24, decompress
 from ._util import DEVICE, DTYPES, TRITON_OK, needs_cuda, needs_triton, poisoned
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _interpreter_bf16_dot():
-    """The Triton 3.9 CPU interpreter feeds bf16 ``tl.dot`` operands to numpy as their raw
-    uint16 bits (garbage products); widen them to float32 first, as the GPU's bf16 MMA does
-    exactly. Only the interpreter's ``create_dot`` is patched, never the kernel."""
-    if DEVICE != "cpu" or not TRITON_OK:
-        yield
-        return
-    import triton.language as tl
-    from triton.runtime import interpreter as interp
-    orig = interp.InterpreterBuilder.create_dot
-
-    def widen(h):
-        if h.dtype.scalar != tl.bfloat16:
-            return h
-        return interp.TensorHandle(interp._convert_float(h.data, tl.bfloat16, tl.float32, None).view(np.float32),
-                                   tl.float32)
-
-    interp.InterpreterBuilder.create_dot = lambda self, a, b, d, *rest: orig(self, widen(a), widen(b), d, *rest)
-    yield
-    interp.InterpreterBuilder.create_dot = orig
-
-
 @pytest.fixture(autouse=True)
 def _shuffled_program_order(monkeypatch, request):
     """The interpreter runs a grid's programs in grid order, so the last split-K program of a tile
