@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
+from . import _device
 from ._errors import BackendUnavailableError, RiaInputError
 from ._io import cache_dir
 from ._logging import log_once
@@ -395,6 +396,7 @@ def lsa_gain_launch_config(j: int, b: int) -> tuple[dict, tuple[int, int]]:
     return blocks, (cdiv(j, blocks["BLOCK_J"]), cdiv(b, blocks["BLOCK_B"]))
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def _lsa_gain_triton(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     r, j = x.shape
     b = t.shape[1]

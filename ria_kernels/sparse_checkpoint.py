@@ -21,7 +21,8 @@ then one rename; an existing ``dir`` is replaced only with ``overwrite=True``):
 
 ``load_sparse(dir, device=..., dtype=None, memory="compact")`` rebuilds the converted model from that
 alone -- no dense checkpoint, no re-pruning: the skeleton is built from the config with its parameters on
-the meta device (accelerate's ``init_empty_weights``: nothing is allocated or initialised), the converted
+the meta device (:func:`_parameters_on_meta`: nothing is allocated or initialised; torch only, so
+``pip install ria-kernels`` without accelerate can load), the converted
 modules are built from their saved tensors by the same code :func:`to_sparse_inference` uses
 (:func:`~ria_kernels.inference.build_converted_module`, :func:`~ria_kernels.inference.install_modules`),
 and the remaining parameters are assigned from the file. A directory written with another
@@ -29,6 +30,7 @@ and the remaining parameters are assigned from the file. A directory written wit
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -191,16 +193,37 @@ def read_sparse_metadata(directory: str | os.PathLike) -> dict:
     return meta
 
 
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Every parameter a module registers inside goes to the meta device (no memory, and the
+    module's weight init then runs on meta tensors: free); buffers stay real, so values computed
+    at construction and kept out of the state_dict (rotary frequencies) are right. The one piece
+    of accelerate's ``init_empty_weights`` that load_sparse needs, so loading does not depend on
+    accelerate (not an install requirement)."""
+    real = nn.Module.register_parameter
+
+    def register_parameter(module, name, param):
+        real(module, name, param)
+        if param is not None and param.device.type != "meta":
+            p = module._parameters[name]
+            module._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = register_parameter
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = real
+
+
 def _skeleton(directory: Path):
     """The model built from its config with parameters on the meta device (buffers such as rotary
     frequencies are computed normally: they are not in a state_dict)."""
-    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from .models import check_config
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
     check_config(config)
-    with init_empty_weights():
+    with _parameters_on_meta():
         model = AutoModelForCausalLM.from_config(config)
     gen_path = directory / "generation_config.json"
     if gen_path.is_file():

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """AOT gate: compile every Triton launch the package really makes, for sm_80 and sm_90a,
-under each installed Triton, and fail on a compile error or any register spill.
+under each installed Triton, and fail on a compile error, any register spill, or shared memory
+over the arch's per-block limit (``SMEM_LIMIT``).
 
 Discovery (no hand-kept kernel list): every module of the ``ria_kernels`` package is
 imported (``pkgutil.walk_packages``); a module may define
@@ -23,7 +24,8 @@ compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 80|90, 3
 
 Writes ``benchmarks/results/triton_aot.json`` and ``triton_aot.md`` (the table plus the
 static bandwidth estimate, see ``estimate``). Exit status 1 on any compile error, spill or
-case error; 0 otherwise.
+case error; 0 otherwise. A module's ``aot_cases()`` covers every config its launch heuristic can
+return, not hand-picked ones (e.g. ``ops/sparse24_mm.py``'s ``reachable_configs()``).
 """
 from __future__ import annotations
 
@@ -108,6 +110,11 @@ def sass_stats(sass: str) -> dict:
     }
 
 
+# shared memory one block may use (opt-in maximum), per arch: sm_80 163 KiB, sm_90 227 KiB. Triton
+# compiles a kernel that needs more without complaint; it then fails at launch ("out of resources")
+SMEM_LIMIT = {"sm_80": 166_912, "sm_90a": 232_448}
+
+
 def problems(row: dict) -> list[str]:
     """Why a compiled row fails the gate (empty: it passes)."""
     if row.get("error"):
@@ -116,6 +123,11 @@ def problems(row: dict) -> list[str]:
     if row["spill_stores"] or row["spill_loads"] or row["local_ops"]:
         bad.append(f"spills ({row['spill_stores']} B stores, {row['spill_loads']} B loads, "
                    f"{row['local_ops']} local ops)")
+    limit = SMEM_LIMIT.get(row.get("arch"))
+    if limit is None and "arch" in row:
+        bad.append(f"no shared-memory limit known for arch {row['arch']!r}")
+    elif limit is not None and row.get("shared_bytes", 0) > limit:
+        bad.append(f"shared memory {row['shared_bytes']} B over the {row['arch']} limit of {limit} B per block")
     return bad
 
 

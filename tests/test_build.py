@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -435,3 +436,32 @@ def test_cutlass_meta_packing_rejects_bad_input(meta_ops):
         meta_ops.pack_2to4_sm80(w)
     with pytest.raises(RuntimeError, match="multiple of 32"):
         meta_ops.pack_2to4_sm80(torch.zeros(48, 32, dtype=torch.float16))
+
+
+def test_every_cuda_op_guards_its_device_and_uses_its_stream():
+    """Each op the extension registers for CUDA (ops_registration.cpp) holds a c10::cuda::CUDAGuard
+    for its input's device and launches on that device's current stream (issue 20: a layer on
+    cuda:1 while cuda:0 is current). Checked in the sources: this machine cannot build them."""
+    import re
+    csrc = Path(ROOT) / "csrc"
+    impl = (csrc / "ops_registration.cpp").read_text()
+    block = impl[impl.index("TORCH_LIBRARY_IMPL(ria_kernels, CUDA, m)"):]
+    block = block[:block.index("\n}")]
+    ops = re.findall(r'm\.impl\("(\w+)", &ria::(\w+)::(\w+)\)', block)
+    assert len(ops) >= 7
+    sources = {p.name: p.read_text() for p in csrc.iterdir() if p.suffix in (".cpp", ".cu")}
+    for op, namespace, fn in ops:
+        bodies = []
+        for text in sources.values():
+            if f"namespace {namespace} {{" not in text:
+                continue
+            for m in re.finditer(rf"^[\w:<>]+ {fn}\((?:[^)]|\n)*\)\s*{{", text, re.M):
+                end = text.index("\n}\n", m.end())
+                body = text[m.end():end]
+                if "unavailable(" not in body.split("\n")[0] and "unavailable(" not in text[m.start():m.end() + 40]:
+                    bodies.append(body)
+        assert bodies, f"{op}: no definition of ria::{namespace}::{fn} found"
+        for body in bodies:
+            assert re.search(r"c10::cuda::CUDAGuard \w+\((weight|x)\.device\(\)\)", body), f"{op}: no CUDAGuard"
+            for s in re.findall(r"getCurrentCUDAStream\(([^)]*)\)", body):
+                assert s.strip(), f"{op}: getCurrentCUDAStream() without the input's device"

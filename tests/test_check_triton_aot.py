@@ -64,6 +64,19 @@ def test_problems_flag_spills_and_errors():
     assert gate.problems(ok) == []
 
 
+def test_problems_flag_shared_memory_over_the_arch_limit():
+    ok = {**gate.parse_ptxas_log("Used 40 registers\n0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"),
+          **gate.sass_stats("/*0000*/ EXIT ;")}
+    # fp32 sparse24_mm's old decode tile: 167,936 B, over sm_80's 166,912 B but within sm_90's 232,448 B
+    assert gate.problems({**ok, "arch": "sm_80", "shared_bytes": 166_912}) == []
+    assert gate.problems({**ok, "arch": "sm_80", "shared_bytes": 167_936}) == [
+        "shared memory 167936 B over the sm_80 limit of 166912 B per block"]
+    assert gate.problems({**ok, "arch": "sm_90a", "shared_bytes": 167_936}) == []
+    assert gate.problems({**ok, "arch": "sm_90a", "shared_bytes": 232_449})
+    assert gate.problems({**ok, "arch": "sm_75", "shared_bytes": 0}) == ["no shared-memory limit known for arch 'sm_75'"]
+    assert set(gate.SMEM_LIMIT) == {f"sm_{a}{'a' if a == 90 else ''}" for a in gate.ARCHS}
+
+
 def test_occupancy_and_launch_estimate():
     assert gate.blocks_per_sm(32, 4, 0) == 16       # 2048 threads / 128
     assert gate.blocks_per_sm(128, 4, 0) == 4       # 65536 regs / (128 * 128)

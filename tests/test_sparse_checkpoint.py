@@ -291,3 +291,29 @@ def test_cli_save_sparse_writes_a_loadable_checkpoint(tmp_path, capsys):
     ppl = perplexity(model, eval_tokens(tok, path=tmp_path / "eval.txt"), 32)
     assert ppl == pytest.approx(r["evaluation"]["sparse_inference"]["ppl"], rel=1e-6)
     assert r["outputs"]["save_sparse"] == str(out)
+
+
+def test_load_without_accelerate(tmp_path, monkeypatch):
+    """accelerate is not an install requirement: load_sparse builds the skeleton with torch alone
+    (issue 20: after ``pip install -e .`` it raised ModuleNotFoundError)."""
+    import sys
+    dense, report, model = converted("llama")
+    save_sparse(model, tmp_path / "ck", report=report)
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # any import of it now raises ImportError
+    with pytest.raises(ImportError):
+        import accelerate  # noqa: F401
+    back = load_sparse(tmp_path / "ck")
+    assert torch.equal(logits(back, IDS), logits(model, IDS))
+
+
+def test_skeleton_parameters_on_meta_buffers_real():
+    """Inside _parameters_on_meta every parameter is on meta (nothing allocated or initialised),
+    buffers computed at construction are real, and nn.Module is restored afterwards."""
+    real = nn.Module.register_parameter
+    with sc._parameters_on_meta():
+        lin = nn.Linear(8, 4)
+        bn = nn.BatchNorm1d(4)
+    assert nn.Module.register_parameter is real
+    assert all(p.device.type == "meta" and isinstance(p, nn.Parameter) for p in [*lin.parameters(), *bn.parameters()])
+    assert all(b.device.type == "cpu" for b in bn.buffers())
+    assert nn.Linear(2, 2).weight.device.type == "cpu"

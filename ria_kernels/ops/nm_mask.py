@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 
 from .._backend import resolve_backend
+from .. import _device
 from .._errors import RiaInputError
 from .._validation import check_divisible, check_matrix, check_nm, check_ratio
 from ._grid import cdiv, next_power_of_2
@@ -280,6 +281,7 @@ def nm_launch_config(r: int, c: int, m: int, elem_size: int = 4) -> tuple[int, i
     return mp, block_r, block_w, warps, (cdiv(r, block_r), cdiv(c // m, block_w // mp))
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def _nm_topk_triton(score: torch.Tensor, n: int, m: int, *, with_sums: bool = True,
                     mask_out: Optional[torch.Tensor] = None, sums_out: Optional[torch.Tensor] = None):
     """Launcher. ``mask_out`` (bool [r, c]) / ``sums_out`` (float32 [r, c // m]) let

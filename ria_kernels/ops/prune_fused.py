@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from .._backend import resolve_backend
+from .. import _device
 from .._errors import RiaInputError
 from .._validation import check_act_norm, check_divisible, parse_sparsity
 from .nm_mask import (join_lanes, nm_keep_tile, nm_launch_config, nm_mask_reference, split_lanes, nm_tile_offsets, rank_key,
@@ -161,6 +162,7 @@ def fused_nm_launch_config(r: int, c: int, m: int, elem_size: int) -> tuple[int,
     return nm_launch_config(r, c, m, elem_size)
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def _fused_nm_triton(weight, act_norm, method, a, n, m, out=None, mask_out=None):
     """Pass 1 (RI/RIA only): |W| row/column sums from one read of W and one finishing launch
     (``abs_sum_inverses_triton``). Pass 2: ``_fused_nm_kernel``. Bytes: 2 reads of W + 1 write

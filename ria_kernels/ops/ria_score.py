@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import resolve_backend
+from .. import _device
 from .._errors import RiaInputError
 from .._validation import check_act_norm, check_matrix
 from ._grid import cdiv, next_power_of_2
@@ -224,6 +225,7 @@ def score_launch_config(r: int, c: int) -> tuple[int, int, tuple[int, int]]:
     return _SCORE_BLOCK_R, _SCORE_BLOCK_C, (cdiv(r, _SCORE_BLOCK_R), cdiv(c, _SCORE_BLOCK_C))
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def abs_sum_inverses_triton(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(safe_reciprocal(row sums of |W|), safe_reciprocal(column sums))`` in float32 from one
     read of W (pass 1) and one small finishing launch."""
@@ -243,6 +245,7 @@ def abs_sum_inverses_triton(weight: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return row_inv, col_inv
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def abs_sums_triton(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column sums of |W| in float32 from one read of W (pass 1 partials, summed in torch)."""
     r, c = weight.shape
@@ -271,6 +274,7 @@ def triton_factors(weight, act_norm, method, a):
     return row_inv, col_inv, col_scale
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def _pruning_score_triton(weight, act_norm, method, a, out=None):
     r, c = weight.shape
     row_inv, col_inv, col_scale = triton_factors(weight, act_norm, method, a)

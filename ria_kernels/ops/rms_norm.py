@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from .._backend import resolve_backend
+from .. import _device
 from .._errors import RiaInputError
 from ._grid import next_power_of_2
 
@@ -237,26 +238,40 @@ def rms_launch_config(h: int) -> tuple[int, int]:
 
 _NARROW_CACHE: "collections.OrderedDict[tuple, tuple[torch.Tensor, int, torch.Tensor]]" = collections.OrderedDict()
 _NARROW_CACHE_SIZE = 1024
+# narrow copies a CUDA graph captured (by id): kept alive for the process, because the graph holds
+# their raw pointers and nothing tells us when it is destroyed; eviction from the LRU above or a
+# version change of ``perm`` must never free memory a graph replay reads
+_GRAPH_HELD: dict[int, torch.Tensor] = {}
 
 
 def narrow_permutation(perm: torch.Tensor) -> torch.Tensor:
     """``perm`` as int16 (hidden <= 32768) or int32, converted once and cached (keyed by the
     tensor itself and its version counter, so an in-place change is seen). A module that holds
-    its permutation gets the narrow copy on its first call and reuses it after that."""
+    its permutation gets the narrow copy on its first call and reuses it after that.
+
+    CUDA-graph safe: inside a capture a cached copy is used and pinned for the process's
+    lifetime (:data:`_GRAPH_HELD`), and a miss converts inside the graph without caching (a
+    tensor from the graph's private pool must not serve later eager calls)."""
     if perm.dtype == torch.int16 or (perm.dtype == torch.int32 and perm.numel() > 32768):
         return perm
+    capturing = _device.capturing(perm.device)
     key = (perm.data_ptr(), perm.device, perm.numel(), perm.dtype)
     hit = _NARROW_CACHE.get(key)
     if hit is not None and hit[0] is perm and hit[1] == perm._version:
         _NARROW_CACHE.move_to_end(key)
+        if capturing:
+            _GRAPH_HELD[id(hit[2])] = hit[2]
         return hit[2]
     narrow = perm.to(torch.int16 if perm.numel() <= 32768 else torch.int32).contiguous()
+    if capturing:
+        return narrow
     _NARROW_CACHE[key] = (perm, perm._version, narrow)  # holds perm: its memory cannot be reused meanwhile
     if len(_NARROW_CACHE) > _NARROW_CACHE_SIZE:
         _NARROW_CACHE.popitem(last=False)
     return narrow
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def _permuted_rms_norm_triton(x, weight, perm, eps, residual, out=None, weight_permuted=False, residual_out=None):
     if not x.is_contiguous() or (residual is not None and not residual.is_contiguous()):
         raise RiaInputError("x and residual must be contiguous for the Triton permuted_rms_norm "

@@ -22,9 +22,11 @@ each, when ``K % 32 == 0``: the same bytes, little-endian, so no second layout),
 the dense ``[BLOCK_N, BLOCK_K]`` tile in registers (6 compares + 6 selects per group of 4) and
 feeds ``tl.dot(W_tile, x_tile^T)`` with fp32 accumulation; the dense weight never exists in
 memory. Decode (T <= 64): one token tile, so every weight byte is read once, with split-K to fill
-the SMs; prefill: a tiled GEMM. Configs: :func:`launch_config` (a pure function of T, N, K and
-the SM count; no run-time autotuning, so launches are CUDA-graph capturable and AOT-recordable:
-:func:`aot_cases`). float32 is a reference path (IEEE dot, no TF32).
+the SMs; prefill: a tiled GEMM. Configs: :func:`launch_config` (a pure function of T, N, K, the SM count and
+the dtype; no run-time autotuning, so launches are CUDA-graph capturable and AOT-recordable:
+:func:`aot_cases` compiles every variant :func:`reachable_configs` lists). Split-K partials and
+arrival counters live in a per-call workspace zeroed on the launch stream, so overlapping launches
+(two streams, a graph replay beside an eager call) never share a counter. float32 is a reference path (IEEE dot, no TF32).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .._backend import resolve_backend
+from .. import _device
 from .._errors import RiaInputError
 
 FORMAT_VERSION = 1
@@ -187,8 +190,9 @@ DEFAULT_NUM_SMS = 132  # H100/H200 SXM; used when no CUDA device is queried (CPU
 DECODE_MAX_T = 64
 
 
-def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS) -> Sparse24Config:
-    """The launch heuristic, a pure function of (T, N, K, SM count).
+def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS,
+                  dtype: torch.dtype = torch.float16) -> Sparse24Config:
+    """The launch heuristic, a pure function of (T, N, K, SM count, dtype).
 
     Decode (T <= 64): one tile covers every token (BLOCK_T = T rounded up to a power of 2,
     at least 16 for ``tl.dot``), so each weight byte is read once; BLOCK_N = 64 rows, BLOCK_K =
@@ -202,19 +206,55 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS) -> Spa
     fill the GPU at small T; at T = 64 a 4096-row weight runs unsplit on 64 programs.
     Prefill (T > 64): a plain tiled GEMM, 128 x 128 (x 64 below T = 128) output tiles, BLOCK_K
     = 64, no split; the compressed weight tile is re-read per token tile from L2.
+
+    Two cases get smaller K steps (the AOT gate compiles every config this returns and fails on
+    a spill or on shared memory over the arch's limit):
+    - ``K % 32 != 0``: the metadata is read byte by byte (its rows are not 4-byte aligned), which
+      costs registers: BLOCK_K 128 up to T = 16, 64 for larger decode tiles; prefill 32 with 8
+      warps over 64 x 128 (T >= 128) or 128 x 64 output tiles (128 x 128 spills with a bias and
+      N % 16 != 0 under Triton 3.6).
+    - float32 (the IEEE reference path): operands twice the size, so BLOCK_K 128 (64 with byte
+      metadata) up to T = 16 and 32 with 8 warps and 2 stages above, and 64 x 64 prefill tiles (the fp16 tiles
+      need 167,936 B of shared memory at T <= 16, over sm_80's 166,912 B, and spill above).
     """
+    words = k % 32 == 0
+    fp32 = dtype == torch.float32
     if t <= DECODE_MAX_T:
         block_t = max(16, 1 << max(0, t - 1).bit_length())
-        block_n, block_k = 64, (256 if block_t <= 16 else 128)
+        if fp32:
+            block_k = (128 if words else 64) if block_t <= 16 else 32
+        elif words:
+            block_k = 256 if block_t <= 16 else 128
+        else:
+            block_k = 128 if block_t <= 16 else 64
+        block_n = 64
         tiles = _cdiv(n, block_n)
         steps = _cdiv(k, block_k)
         # each split adds 2 * T * N * 4 bytes of fp32 partials (written, then read back once):
         # keep them under ~10% of the compressed weight's N * K * 9/8 bytes
         split = max(1, min(round(4 * num_sms / tiles), steps // 2, k // (72 * t)))
         split = _cdiv(steps, _cdiv(steps, split))  # no empty split
-        return Sparse24Config(block_n, block_t, block_k, split, 4, 3 if block_k == 256 else 4)
+        stages = 3 if (block_k == 256 or fp32 or (not words and block_t <= 16)) else 4
+        warps = 4
+        if fp32 and block_t > 16:  # 3 stages spill under Triton 3.9 on sm_80 (byte metadata + bias)
+            warps, stages = 8, 2
+        return Sparse24Config(block_n, block_t, block_k, split, warps, stages)
+    if fp32:
+        return Sparse24Config(64, 64, 32, 1, 4, 3)
     block_t = 128 if t >= 128 else 64
+    if not words:  # byte metadata: 8 warps over a 64 x 128 / 128 x 64 output tile
+        return Sparse24Config(64, 128, 32, 1, 8, 3) if block_t == 128 else Sparse24Config(128, 64, 32, 1, 8, 3)
     return Sparse24Config(128, block_t, 64, 1, 8 if block_t == 128 else 4, 3)
+
+
+def launch_grid(t: int, n: int, k: int, cfg: Sparse24Config) -> tuple[tuple[int, int, int], int]:
+    """``(grid, k_per_split)`` of the launch for ``cfg``: grid (cdiv(N, BLOCK_N), splits,
+    cdiv(T, BLOCK_T)); split ``s`` reduces columns ``[s * k_per_split, min((s + 1) * k_per_split,
+    K))`` in BLOCK_K steps (the kernel stops at K: no fully masked step), and ``splits`` is
+    ``cfg.split_k`` lowered so that no split is empty."""
+    steps = _cdiv(k, cfg.block_k)
+    k_per_split = _cdiv(steps, cfg.split_k) * cfg.block_k
+    return (_cdiv(n, cfg.block_n), _cdiv(k, k_per_split), _cdiv(t, cfg.block_t)), k_per_split
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -265,10 +305,10 @@ if triton is not None:
         dense = tl.join(tl.join(d0, d2), tl.join(d1, d3))
         return tl.reshape(dense, (BLOCK_N, BLOCK_K))
 
-    # T (tokens) and split_k are run-time values and T is not specialised on (T == 1, T % 16):
+    # T (tokens), split_k and split_stride (T * N) are run-time values, not specialised on (== 1, % 16):
     # one compiled kernel per tile config serves every decode step and every split count, so
     # generation never stalls on a JIT compile when the batch size changes
-    @triton.jit(do_not_specialize=["T", "split_k"])
+    @triton.jit(do_not_specialize=["T", "split_k", "split_stride"])
     def _sparse24_mm_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                             T, N, K, KV, KM, stride_xt, stride_vn, stride_mn, stride_ot, K_PER_SPLIT, split_stride,
                             split_k, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
@@ -280,9 +320,9 @@ if triton is not None:
         tiles to dense in registers and feeds ``tl.dot(W_tile [BN, BK], x_tile^T [BK, BT])``
         (tensor cores; at decode the token dim is padded to 16, compute is free there).
         USE_SPLIT (split_k > 1): each split stores its fp32 partial tile in ``ws [split_k, T, N]``, then
-        bumps the tile's counter; the last split to arrive sums the partials in split order
-        (deterministic, whatever the arrival order), adds the bias, writes ``out`` and resets
-        the counter to 0 for the next launch (one kernel, no memset)."""
+        bumps the tile's counter (``cnt [tiles]``, zeroed per call by the launcher: see
+        ``_split_workspace``); the last split to arrive sums the partials in split order
+        (deterministic, whatever the arrival order), adds the bias and writes ``out``."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         pid_t = tl.program_id(2)
@@ -295,9 +335,9 @@ if triton is not None:
         m_rows = m_ptr + rows[:, None] * stride_mn
         x_cols = x_ptr + offs_t.to(tl.int64)[None, :] * stride_xt
         k_begin = pid_k * K_PER_SPLIT
+        k_end = tl.minimum(k_begin + K_PER_SPLIT, K)  # the last split may be shorter: no fully masked step
         acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-        for kk in range(0, K_PER_SPLIT, BLOCK_K):
-            k0 = k_begin + kk
+        for k0 in range(k_begin, k_end, BLOCK_K):
             offs_v = k0 // 2 + tl.arange(0, BLOCK_K // 2)
             if META_WORDS:  # meta_ptr is int32, K % 32 == 0 and BLOCK_K % 32 == 0
                 offs_m = k0 // 32 + tl.arange(0, BLOCK_K // 32)
@@ -342,25 +382,23 @@ if triton is not None:
                 if HAS_BIAS:
                     total += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[:, None]
                 tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_ok)
-                tl.atomic_xchg(cnt_ptr + tile, 0)
 
 
-# split-K tile counters: zero between launches (the last split of a tile resets its counter),
-# so one buffer per device serves every launch on that device's streams in order.
-_COUNTERS: dict = {}
-_COUNTER_CHUNK = 1 << 14
-
-
-def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
-    key = (device.type, device.index)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < tiles:
-        size = _cdiv(tiles, _COUNTER_CHUNK) * _COUNTER_CHUNK
-        buf = torch.zeros(size, dtype=torch.int32, device=device)
-        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-        if not capturing:  # a buffer made inside a CUDA graph belongs to that graph's pool
-            _COUNTERS[key] = buf
-    return buf
+# split-K workspace: one allocation per call from the caching allocator on the launch stream, holding
+# the fp32 partials [split, T, N] and then one int32 arrival counter per output tile, zeroed on that
+# stream before the kernel runs. Per-call counters make overlapping launches independent (two
+# streams, a graph replay beside an eager call): nothing is shared between launches, and a launch
+# that dies half-way leaves nothing dirty for the next one. Inside a CUDA-graph capture the
+# allocation comes from the graph's private pool and the zeroing is a captured memset node, so the
+# graph owns its workspace and no buffer it holds is ever replaced or freed behind its back.
+def _split_workspace(device: torch.device, split: int, t: int, n: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(partials [split, T, N] float32, counters [tiles] int32 == 0)`` in one fresh allocation."""
+    partial = split * t * n
+    head = _cdiv(partial, 4) * 4  # counters 16-byte aligned, as Triton specialises pointers on it
+    buf = torch.empty(head + tiles, dtype=torch.float32, device=device)
+    counters = buf[head:].view(torch.int32)
+    counters.zero_()  # on the current (= launch) stream of ``device``
+    return buf[:partial].view(split, t, n), counters
 
 
 def _num_sms(device: torch.device) -> int:
@@ -369,6 +407,7 @@ def _num_sms(device: torch.device) -> int:
     return DEFAULT_NUM_SMS
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                         bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None,
                         config: Optional[Sparse24Config] = None) -> torch.Tensor:
@@ -388,25 +427,25 @@ def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
         return y.reshape(*lead, n)
     values = values if values.stride(-1) == 1 else values.contiguous()
     meta = meta if meta.stride(-1) == 1 else meta.contiguous()
-    cfg = config or launch_config(t, n, k, _num_sms(x.device))
-    steps = _cdiv(k, cfg.block_k)
-    k_per_split = _cdiv(steps, cfg.split_k) * cfg.block_k
-    split = _cdiv(k, k_per_split)
-    grid = (_cdiv(n, cfg.block_n), split, _cdiv(t, cfg.block_t))
+    cfg = config or launch_config(t, n, k, _num_sms(x.device), x.dtype)
+    grid, k_per_split = launch_grid(t, n, k, cfg)
+    split = grid[1]
     if split > 1:
-        ws = torch.empty((split, t, n), dtype=torch.float32, device=x.device)
-        counters = _tile_counters(x.device, grid[0] * grid[2])
+        ws, counters = _split_workspace(x.device, split, t, n, grid[0] * grid[2])
     else:
         ws, counters = y, y  # unused
-    # 4 metadata bytes per load where rows allow it (every LLaMA shape: K % 32 == 0)
-    meta_words = (k % 32 == 0 and cfg.block_k % 32 == 0 and meta.stride(0) % 4 == 0
-                  and meta.storage_offset() % 4 == 0)
+    # 4 metadata bytes per load where rows allow it (every LLaMA shape: K % 32 == 0); a view whose
+    # rows are not 4-byte aligned is copied, so the words path is exactly K % 32 == 0, the case
+    # launch_config sizes its tiles for
+    meta_words = k % 32 == 0 and cfg.block_k % 32 == 0
     if meta_words:
+        if meta.stride(0) % 4 or meta.storage_offset() % 4:
+            meta = meta.clone(memory_format=torch.contiguous_format)
         meta = meta.view(torch.int32)
     _sparse24_mm_kernel[grid](
         x2, values, meta, bias if bias is not None else values, y, ws, counters,
         t, n, k, k // 2, meta.shape[1], x2.stride(0), values.stride(0), meta.stride(0), y.stride(0), k_per_split, t * n,
-        split, HAS_BIAS=bias is not None, USE_SPLIT=split > 1, EVEN_K=(k_per_split * split == k),
+        split, HAS_BIAS=bias is not None, USE_SPLIT=split > 1, EVEN_K=k % cfg.block_k == 0,
         IEEE=x.dtype == torch.float32, META_WORDS=meta_words, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y.reshape(*lead, n)
@@ -420,14 +459,72 @@ AOT_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (5120, 5120), (13824, 
 AOT_TOKENS = (1, 4, 16, 64, 1024)
 
 
+def compile_variant(t: int, n: int, k: int, dtype: torch.dtype, has_bias: bool, num_sms: int = DEFAULT_NUM_SMS):
+    """What decides which compiled kernel a (contiguous) launch runs, as far as the AOT gate
+    tells variants apart: the config and every constexpr the launcher passes (dtype, bias,
+    split-K, full K steps, word metadata; the split count itself is a run-time value, so it is
+    left out of the config), and whether the rows are 16-aligned (N % 16: Triton
+    specialises int arguments on divisibility by 16, which sets the store and bias widths; K's
+    class follows from the two K flags). T, split_k and T * N are not specialised on."""
+    cfg = launch_config(t, n, k, num_sms, dtype)
+    grid, _ = launch_grid(t, n, k, cfg)
+    return (cfg._replace(split_k=0), str(dtype).split(".")[-1], has_bias, grid[1] > 1, k % cfg.block_k == 0,
+            k % 32 == 0, n % 16 == 0)
+
+
+# the sweep reachable_configs() takes its representatives from: every decode T, prefill T on both
+# sides of each tile switch; N of every alignment class (16-aligned, odd, 1); K of every class
+# (a multiple of 256, 128, 64, 32, 16, 8, only 4), each small (no split-K) and LLaMA-sized (split)
+_SWEEP_T = tuple(range(1, DECODE_MAX_T + 1)) + (65, 127, 128, 1024)
+_SWEEP_N = (4096, 11008, 100, 4097, 1)
+_SWEEP_K = (4096, 28672, 11008, 4224, 4160, 4128, 4112, 4104, 4100,
+            256, 384, 320, 288, 272, 264, 260, 8)
+
+
+def reachable_configs(num_sms: int = DEFAULT_NUM_SMS) -> dict:
+    """Every compiled variant of the kernel that launch_config + the launcher can produce (over
+    the sweep above), ``{compile_variant key: representative (T, N, K, dtype, has_bias)}``: the
+    most aligned shape that reaches it first (the sweep lists aligned shapes first: the widest
+    accesses, the register worst case). fp16 is swept with and without bias and at every N
+    alignment; bf16 and fp32 (whose tiles differ from fp16's only in the conversions, or are their
+    own configs) with bias and 16-aligned N, so every (config, dtype, split-K, full K steps, word
+    metadata) combination is there once per dtype. The AOT gate compiles one launch per entry
+    (:func:`aot_cases`); ``tests/ops/test_sparse24_mm.py`` checks that any (T, N, K) of its sweeps
+    lands on an entry."""
+    out: dict = {}
+    for dtype in SUPPORTED_DTYPES:
+        full = dtype == torch.float16
+        for has_bias in ((True, False) if full else (True,)):
+            for n in (_SWEEP_N if full else tuple(v for v in _SWEEP_N if v % 16 == 0)):
+                for k in _SWEEP_K:
+                    for t in _SWEEP_T:
+                        out.setdefault(compile_variant(t, n, k, dtype, has_bias, num_sms), (t, n, k, dtype, has_bias))
+    return out
+
+
+def variant_covered(key: tuple, reachable: dict) -> bool:
+    """Whether ``reachable_configs()`` compiles ``key`` (a :func:`compile_variant`), given the
+    reduced sweep for bf16/fp32: there the bias flag and the N alignment are not told apart."""
+    if key in reachable:
+        return True
+    if key[1] == "float16":
+        return False
+    return key[:2] + (True,) + key[3:6] + (True,) in reachable
+
+
 def aot_cases() -> list:
-    """``(label, zero-arg callable)`` per representative launch, for the AOT compile gate: each
-    callable calls the public :func:`sparse24_mm` with ``backend="triton"`` on uninitialised CPU
-    tensors of a LLaMA2 shape (decode T = 1, 4, 16, 64 and prefill T = 1024; fp16 and bf16
-    without bias, fp16 with bias: the bias path compiles the same for bf16). The gate's recording hook must stop the kernel from running (and let
-    the Triton backend be forced on CPU tensors, e.g. by patching
-    ``ria_kernels._backend.interpret_mode``)."""
+    """``(label, zero-arg callable)`` per launch for the AOT compile gate: each callable calls the
+    public :func:`sparse24_mm` with ``backend="triton"`` on uninitialised CPU tensors. First every
+    entry of :func:`reachable_configs` (so every config launch_config can return is compiled, for
+    fp16, bf16 and fp32, with and without bias, split-K or not, full or ragged K steps, word or
+    byte metadata), then the LLaMA2 shapes at decode T = 1, 4, 16, 64 and prefill T = 1024 (fp16
+    and bf16 without bias, fp16 with bias), which name the table's rows. The gate's recording
+    hook must stop the kernel from running (and let the Triton backend be forced on CPU tensors,
+    e.g. by patching ``ria_kernels._backend.interpret_mode``)."""
     cases = []
+    for (t, n, k, dtype, has_bias) in reachable_configs().values():
+        label = f"sparse24_mm reachable T={t} N={n} K={k} {str(dtype).split('.')[-1]}" + (" bias" if has_bias else "")
+        cases.append((label, _aot_call(t, n, k, dtype, has_bias)))
     for n, k in AOT_SHAPES:
         for t in AOT_TOKENS:
             for dtype, has_bias in ((torch.float16, False), (torch.bfloat16, False), (torch.float16, True)):

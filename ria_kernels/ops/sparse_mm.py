@@ -25,6 +25,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from .. import _device
 from .._errors import BackendUnavailableError, RiaInputError
 from .._logging import log_once, logger
 
@@ -212,6 +213,7 @@ def cslt_version() -> int:
     return int(torch.ops.ria_kernels.cslt_version()) if load_ops() else 0
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def cslt_compress(weight: torch.Tensor) -> torch.Tensor:
     """Compress a 2:4 ``weight [N, K]`` once into cuSPARSELt's opaque uint8 buffer."""
     _check_weight(weight, "cslt_compress")
@@ -219,6 +221,7 @@ def cslt_compress(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.ria_kernels.cslt_compress(weight)
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def cslt_search(x: torch.Tensor, compressed: torch.Tensor, out_features: int,
                 bias: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> list[int]:
     """cusparseLtMatmulSearch for this problem; returns ``[alg_id, split_k, split_k_mode]``."""
@@ -227,6 +230,7 @@ def cslt_search(x: torch.Tensor, compressed: torch.Tensor, out_features: int,
     return [int(v) for v in torch.ops.ria_kernels.cslt_search(x, compressed, out_features, bias, alpha)]
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def cslt_mm(x: torch.Tensor, compressed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
             alpha: torch.Tensor | None = None, config: tuple[int, int, int] | list[int] = AUTO_CONFIG
             ) -> torch.Tensor:
@@ -272,6 +276,7 @@ def cutlass_arch(device: torch.device) -> str | None:
     return arch
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def cutlass_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(values [N, K/2], metadata)`` in the layout the CUTLASS kernel for this device reads
     (sm90: metadata uint8; sm80: int16 -- which is how ``cutlass_sparse_mm`` tells them apart)."""
@@ -284,6 +289,7 @@ def cutlass_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, meta
 
 
+@_device.guarded  # the inputs' device and stream (issue 20)
 def cutlass_sparse_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                       bias: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> torch.Tensor:
     if values.dim() != 2 or values.shape[1] * 2 != x.shape[-1]:

@@ -243,3 +243,42 @@ def test_outputs_guarded(dtype, shape):
     ry, rh = permuted_rms_norm_reference(x, w, perm, 1e-6, r)
     rtol, atol = TOL["rms_norm"][dtype]
     torch.testing.assert_close(y.double(), ry.double(), rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------- CUDA-graph safety of the narrow cache
+def test_narrow_permutation_never_caches_inside_a_capture(monkeypatch):
+    """A narrow copy made while a CUDA graph is being captured lives in the graph's pool: it is
+    used, never cached for later eager calls. (Capture faked: ``_device.capturing``.)"""
+    from ria_kernels import _device
+    from ria_kernels.ops import rms_norm as R
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(_device, "capturing", lambda device: True)
+    in_graph = R.narrow_permutation(perm)
+    assert in_graph.dtype == torch.int16 and torch.equal(in_graph.long(), perm)
+    assert not any(hit[0] is perm for hit in R._NARROW_CACHE.values())
+    monkeypatch.setattr(_device, "capturing", lambda device: False)
+    eager = R.narrow_permutation(perm)
+    assert eager is not in_graph and R.narrow_permutation(perm) is eager   # cached from now on
+
+
+def test_narrow_permutation_pins_what_a_capture_reads(monkeypatch):
+    """A cached copy a capture reads stays alive for the process: neither LRU eviction nor an
+    in-place change of ``perm`` (a new copy) may free memory a graph replay reads."""
+    import gc
+    import weakref
+
+    from ria_kernels import _device
+    from ria_kernels.ops import rms_norm as R
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(1))
+    cached = R.narrow_permutation(perm)
+    monkeypatch.setattr(_device, "capturing", lambda device: True)
+    assert R.narrow_permutation(perm) is cached                          # the capture reuses the copy
+    monkeypatch.setattr(_device, "capturing", lambda device: False)
+    ref = weakref.ref(cached)
+    del cached
+    perm[:2] = perm[:2].flip(0)                                          # version bump: a new copy
+    assert torch.equal(R.narrow_permutation(perm).long(), perm)
+    monkeypatch.setattr(R, "_NARROW_CACHE_SIZE", 0)
+    R.narrow_permutation(torch.arange(8))                                # evicts the oldest entry
+    gc.collect()
+    assert ref() is not None                                             # still held for the graph

@@ -1,4 +1,6 @@
 """ops/sparse24_mm: the compressed 2:4 format and the Triton matmul on it (CPU: TRITON_INTERPRET=1)."""
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -8,30 +10,34 @@ from ria_kernels import RiaInputError
 from ria_kernels.ops import sparse24_mm as S
 from ria_kernels.ops.sparse24_mm import (Sparse24Config, compress_24, decompress_24, launch_config, sparse24_mm,
                                          sparse24_mm_reference)
-from ._util import DEVICE, DTYPES, TRITON_OK, needs_triton, poisoned
+from ._util import DEVICE, DTYPES, TRITON_OK, needs_cuda, needs_triton, poisoned
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _interpreter_bf16_dot():
-    """The Triton 3.9 CPU interpreter feeds bf16 ``tl.dot`` operands to numpy as their raw
-    uint16 bits (garbage products); widen them to float32 first, as the GPU's bf16 MMA does
-    exactly. Only the interpreter's ``create_dot`` is patched, never the kernel."""
+@pytest.fixture(autouse=True)
+def _shuffled_program_order(monkeypatch, request):
+    """The interpreter runs a grid's programs in grid order, so the last split-K program of a tile
+    to arrive is always split ``split_k - 1``: a reduction that relies on that order passes there
+    and fails on a GPU. Here every launch runs its programs in a random order (seeded per test):
+    the sequential i-th program gets the grid index of the i-th entry of a permutation."""
     if DEVICE != "cpu" or not TRITON_OK:
-        yield
         return
-    import triton.language as tl
     from triton.runtime import interpreter as interp
-    orig = interp.InterpreterBuilder.create_dot
+    builder = interp.interpreter_builder
+    rng = np.random.default_rng(zlib.crc32(request.node.name.encode()))
+    real_dim, real_idx = builder.set_grid_dim, builder.set_grid_idx
+    state = {}
 
-    def widen(h):
-        if h.dtype.scalar != tl.bfloat16:
-            return h
-        return interp.TensorHandle(interp._convert_float(h.data, tl.bfloat16, tl.float32, None).view(np.float32),
-                                   tl.float32)
+    def set_grid_dim(nx, ny, nz):
+        real_dim(nx, ny, nz)
+        state["dims"], state["perm"] = (nx, ny, nz), rng.permutation(nx * ny * nz)
 
-    interp.InterpreterBuilder.create_dot = lambda self, a, b, d, *rest: orig(self, widen(a), widen(b), d, *rest)
-    yield
-    interp.InterpreterBuilder.create_dot = orig
+    def set_grid_idx(x, y, z):
+        nx, ny, nz = state["dims"]
+        i = int(state["perm"][(x * ny + y) * nz + z])
+        real_idx(i // (ny * nz), (i // nz) % ny, i % nz)
+
+    monkeypatch.setattr(builder, "set_grid_dim", set_grid_dim)
+    monkeypatch.setattr(builder, "set_grid_idx", set_grid_idx)
 
 
 # (rtol, atol) of the kernel's output vs float64 F.linear of the masked dense weight: float32
@@ -119,10 +125,148 @@ def test_kernel_edges_and_split_k(t, n, k, config, dtype):
         return
     check(x, w, None, config)
     if config.split_k > 1:
-        # deterministic (partials summed in split order) and the tile counters are back to zero
+        # deterministic: partials summed in split order, whatever order the programs ran in
         again = S._sparse24_mm_triton(x, values, meta, bias, config=config)
         assert torch.equal(again, got)
-        assert int(S._COUNTERS[(x.device.type, x.device.index)].abs().sum()) == 0
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("t", (1, 20, 65))
+def test_kernel_default_config_k_not_multiple_of_32(t, dtype):
+    # K % 32 != 0: byte-wise metadata and launch_config's smaller K steps (128 / 64 / 32), a ragged
+    # last step, split-K at decode
+    n, k = 72, 388
+    w = sparse_weight(n, k, dtype, t)
+    g = torch.Generator().manual_seed(t)
+    x = torch.randn(t, k, generator=g).to(dtype).to(DEVICE)
+    cfg = launch_config(t, n, k, S.DEFAULT_NUM_SMS, dtype)
+    assert k % cfg.block_k and (t != 1 or S.launch_grid(t, n, k, cfg)[0][1] > 1)  # the edges are reached
+    check(x, w, torch.randn(n, generator=g).to(dtype).to(DEVICE))
+
+
+@needs_triton
+def test_meta_view_with_unaligned_rows():
+    # K % 32 == 0 but meta rows not 4-byte aligned (a view into a wider buffer): copied to the
+    # word layout, same result as the contiguous meta
+    w = sparse_weight(64, 256, torch.float16, 11)
+    values, meta = compress_24(w)
+    wide = torch.zeros(64, meta.shape[1] + 3, dtype=torch.uint8, device=DEVICE)
+    wide[:, 1:1 + meta.shape[1]] = meta
+    view = wide[:, 1:1 + meta.shape[1]]
+    assert view.storage_offset() % 4 and view.stride(0) % 4
+    x = torch.randn(3, 256).half().to(DEVICE)
+    assert torch.equal(sparse24_mm(x, values, view, backend="triton"), sparse24_mm(x, values, meta, backend="triton"))
+
+
+# --------------------------------------------------------------------------- concurrency
+@needs_triton
+def test_split_k_counters_are_per_call(monkeypatch):
+    """Every split-K launch gets its own counters, zero when the kernel starts (so two launches
+    that overlap on a GPU, on two streams or a graph replay beside an eager call, cannot meet in
+    one counter), and a launch that leaves its counters dirty (killed half-way) cannot corrupt
+    the next one."""
+    seen = []
+    real = S._split_workspace
+
+    def spy(device, split, t, n, tiles):
+        ws, cnt = real(device, split, t, n, tiles)
+        assert cnt.dtype == torch.int32 and cnt.numel() == tiles and int(cnt.abs().sum()) == 0
+        assert ws.shape == (split, t, n) and ws.dtype == torch.float32
+        assert cnt.data_ptr() % 16 == 0 and ws.data_ptr() % 16 == 0
+        seen.append((cnt, split))
+        return ws, cnt
+
+    monkeypatch.setattr(S, "_split_workspace", spy)
+    t, n, k, cfg = 5, 96, 320, Sparse24Config(32, 16, 64, 3, 4, 1)
+    w = sparse_weight(n, k, torch.float16, 2)
+    x = torch.randn(t, k).half().to(DEVICE)
+    first, _, _ = check(x, w, None, cfg)
+    cnt, split = seen[0]
+    assert split == 3 and cnt.tolist() == [split] * cnt.numel()   # every split arrived exactly once
+    cnt.fill_(1)                                                  # left dirty, as by an aborted launch
+    again, _, _ = check(x, w, None, cfg)
+    assert torch.equal(again, first) and len(seen) == 2
+    assert seen[1][0].data_ptr() != cnt.data_ptr()                # its own counters (the first are still alive)
+    assert not any(isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())
+                   for v in vars(S).values()), "a module-level tensor cache would be shared by every stream"
+
+
+@needs_cuda
+def test_two_streams_interleaved_launches_gpu():
+    """2 streams x 200 launches of different shapes (split-K and not), queued alternately with no
+    synchronisation between the streams, so split-K launches overlap on the GPU; every output
+    matches the reference."""
+    shapes = [(1, 4096, 4096), (3, 1024, 11008), (16, 11008, 4096), (33, 2048, 2048), (64, 512, 8192),
+              (2, 4096, 4100), (130, 1024, 1024)]
+    weights = {}
+    for i, (t, n, k) in enumerate(shapes):
+        w = sparse_weight(n, k, torch.float16, i)
+        weights[(n, k)] = (w,) + compress_24(w)
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    g = torch.Generator().manual_seed(0)
+    jobs = []
+    for i in range(400):
+        t, n, k = shapes[int(torch.randint(len(shapes), (1,), generator=g))]
+        x = torch.randn(t, k, generator=g).half().to(DEVICE)
+        jobs.append((i % 2, x, n, k))
+    torch.cuda.synchronize()
+    outs = []
+    for s, x, n, k in jobs:
+        with torch.cuda.stream(streams[s]):
+            x.record_stream(streams[s])
+            outs.append(sparse24_mm(x, *weights[(n, k)][1:], backend="triton"))
+    torch.cuda.synchronize()
+    for (s, x, n, k), y in zip(jobs, outs):
+        ref = reference64(x, weights[(n, k)][0], None)
+        torch.testing.assert_close(y.double(), ref, rtol=2e-3, atol=2e-3)
+
+
+@needs_cuda
+def test_graph_replay_beside_eager_split_k_gpu():
+    """A captured split-K launch replayed on one stream while eager split-K launches of another
+    shape run on a second: both right, and the graph still right after many eager calls (no
+    buffer it holds was replaced or freed)."""
+    w1, w2 = sparse_weight(1024, 8192, torch.float16, 1), sparse_weight(4096, 4096, torch.float16, 2)
+    c1, c2 = compress_24(w1), compress_24(w2)
+    static_x = torch.randn(2, 8192).half().to(DEVICE)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        sparse24_mm(static_x, *c1, backend="triton")  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = sparse24_mm(static_x, *c1, backend="triton")
+    other = torch.cuda.Stream()
+    for i in range(50):
+        static_x.copy_(torch.randn(2, 8192).half())
+        graph.replay()
+        with torch.cuda.stream(other):
+            x2 = torch.randn(1, 4096, device=DEVICE).half()
+            y2 = sparse24_mm(x2, *c2, backend="triton")
+        torch.cuda.synchronize()
+        torch.testing.assert_close(static_y.double(), reference64(static_x, w1, None), rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(y2.double(), reference64(x2, w2, None), rtol=2e-3, atol=2e-3)
+
+
+@needs_triton
+def test_program_order_is_shuffled():
+    """The autouse fixture really runs a grid's programs out of grid order (else the split-K
+    arrival tests above would test only one order)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def arrival(order_ptr, cnt_ptr):
+        pid = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        tl.store(order_ptr + pid, tl.atomic_add(cnt_ptr, 1))
+
+    order = torch.full((64,), -1, dtype=torch.int32)
+    cnt = torch.zeros(1, dtype=torch.int32)
+    arrival[(8, 8)](order, cnt)
+    assert sorted(order.tolist()) == list(range(64))              # each program ran exactly once
+    assert order.tolist() != list(range(64))                      # ... not in grid order
 
 
 @needs_triton
@@ -260,7 +404,107 @@ def test_launch_config_decode_streams_weights_once(n, k):
 def test_aot_cases_cover_decode_and_prefill():
     cases = S.aot_cases()
     labels = [label for label, _ in cases]
-    assert len(set(labels)) == len(labels) == len(S.AOT_SHAPES) * len(S.AOT_TOKENS) * 3  # fp16, bf16, fp16 + bias
+    named = [label for label in labels if "reachable" not in label]
+    assert len(set(labels)) == len(labels)
+    assert len(named) == len(S.AOT_SHAPES) * len(S.AOT_TOKENS) * 3  # fp16, bf16, fp16 + bias
     assert all(callable(fn) for _, fn in cases)
     for t in (1, 4, 16, 64, 1024):
         assert any(f"T={t} " in label for label in labels)
+
+
+# --------------------------------------------------------------------------- launch_config as a pure function
+SM_COUNTS = (1, 16, 78, 108, 114, 132, 144)
+LARGE = (4096, 5120, 8192, 11008, 13824, 14336, 28672, 128256)
+
+
+def assert_launch_ok(t, n, k, sms, dtype):
+    """The invariants of one (T, N, K, SM count, dtype): the programs cover every output element
+    exactly once, the splits cover K exactly once with no fully masked K-step, the grid fits the
+    hardware limits, the tiles are what Triton and the kernel need, and decode reads W once."""
+    cfg = launch_config(t, n, k, sms, dtype)
+    (gn, gs, gt), kps = S.launch_grid(t, n, k, cfg)
+    where = f"T={t} N={n} K={k} sms={sms} {dtype}: {cfg}"
+    for b in (cfg.block_n, cfg.block_t, cfg.block_k):
+        assert b & (b - 1) == 0, where                            # tl.arange needs powers of 2
+    assert cfg.block_n >= 16 and cfg.block_t >= 16 and cfg.block_k >= 32, where  # tl.dot dims >= 16; words: 32
+    assert cfg.num_warps in (1, 2, 4, 8, 16, 32) and 1 <= cfg.num_stages <= 4, where
+    # output tiles: offs = pid * BLOCK + arange(BLOCK) are disjoint; together they cover [0, N) and
+    # [0, T), and no tile is wholly outside
+    assert (gn - 1) * cfg.block_n < n <= gn * cfg.block_n, where
+    assert (gt - 1) * cfg.block_t < t <= gt * cfg.block_t, where
+    # K: split s owns [s * kps, min((s + 1) * kps, K)) in BLOCK_K steps, so every step starts
+    # inside K iff the last split starts inside K
+    assert kps % cfg.block_k == 0 and (gs - 1) * kps < k <= gs * kps, where
+    assert 1 <= gs <= cfg.split_k, where
+    assert gn < 2 ** 31 and gs <= 65535 and gt <= 65535, where
+    if t <= S.DECODE_MAX_T:
+        assert gt == 1 and cfg.block_t == max(16, 1 << (t - 1).bit_length()), where  # W streamed once
+    else:
+        assert gs == 1, where
+    if gs > 1:
+        assert kps // cfg.block_k >= 2, where                                # >= 2 K-steps per split
+        assert 2 * gs * t * n * 4 <= 0.12 * n * k * 9 / 8, where            # fp32 partials <= ~10% of W
+    return cfg
+
+
+def test_launch_config_every_token_count():
+    for t in range(1, 1025):
+        for n, k in ((1, 4), (192, 388), (4096, 4096), (11008, 4100)):
+            for sms in SM_COUNTS:
+                for dtype in DTYPES:
+                    assert_launch_ok(t, n, k, sms, dtype)
+
+
+def test_launch_config_every_n_and_k():
+    for n in range(1, 1025):
+        for t in (1, 16, 17, 64, 65, 300):
+            for k in (4, 388, 4096):
+                for sms in SM_COUNTS:
+                    assert_launch_ok(t, n, k, sms, torch.float16)
+    for k in range(4, 4097, 4):
+        for t in (1, 16, 33, 64, 1000):
+            for n in (1, 100, 4096):
+                for sms in SM_COUNTS:
+                    for dtype in (torch.float16, torch.float32):
+                        assert_launch_ok(t, n, k, sms, dtype)
+
+
+def test_launch_config_llm_shapes():
+    for n in LARGE:
+        for k in LARGE:
+            for t in (1, 2, 3, 4, 8, 16, 17, 31, 32, 33, 48, 63, 64, 65, 127, 128, 1024, 8191, 32768):
+                for sms in SM_COUNTS:
+                    for dtype in DTYPES:
+                        cfg = assert_launch_ok(t, n, k, sms, dtype)
+                        if t <= 4 and dtype != torch.float32 and sms == S.DEFAULT_NUM_SMS and k >= 4096:
+                            # the whole GPU streams the weight at decode
+                            assert -(-n // cfg.block_n) * S.launch_grid(t, n, k, cfg)[0][1] >= 1.5 * sms
+
+
+def test_launch_config_fp32_and_byte_metadata_tiles():
+    # the tiles the AOT gate found within registers and shared memory (see launch_config)
+    assert launch_config(1, 4096, 4096, dtype=torch.float32).block_k == 128
+    assert launch_config(32, 4096, 4096, dtype=torch.float32).block_k == 32
+    assert launch_config(1024, 4096, 4096, dtype=torch.float32)[:3] == (64, 64, 32)
+    assert launch_config(1, 4096, 4100).block_k == 128 and launch_config(64, 4096, 4100).block_k == 64
+    assert launch_config(1024, 4096, 4100).block_k == 32
+    assert launch_config(1, 4096, 4096) == launch_config(1, 4096, 4096, dtype=torch.bfloat16)
+
+
+def test_reachable_configs_cover_every_launch():
+    """Every (T, N, K, dtype, bias) of the sweeps above compiles to a variant that
+    reachable_configs() (what the AOT gate compiles) lists, and each listed representative
+    really reaches its variant."""
+    reachable = S.reachable_configs()
+    for key, (t, n, k, dtype, bias) in reachable.items():
+        assert S.compile_variant(t, n, k, dtype, bias) == key
+    shapes = [(t, n, k) for t in range(1, 1025, 3) for n, k in ((1, 4), (192, 388), (4096, 4096), (4097, 4100))]
+    shapes += [(t, n, k) for n in range(1, 300, 7) for k in range(4, 2049, 36) for t in (1, 16, 17, 64, 65, 300)]
+    shapes += [(t, n, k) for n in LARGE for k in LARGE for t in (1, 8, 17, 33, 64, 65, 128, 8191)]
+    for t, n, k in shapes:
+        for dtype in DTYPES:
+            for bias in (False, True):
+                key = S.compile_variant(t, n, k, dtype, bias)
+                assert S.variant_covered(key, reachable), f"T={t} N={n} K={k} {dtype} bias={bias}: {key}"
+    labels = [label for label, _ in S.aot_cases()]
+    assert sum("reachable" in label for label in labels) == len(reachable)
