@@ -508,3 +508,19 @@ def test_reachable_configs_cover_every_launch():
                 assert S.variant_covered(key, reachable), f"T={t} N={n} K={k} {dtype} bias={bias}: {key}"
     labels = [label for label, _ in S.aot_cases()]
     assert sum("reachable" in label for label in labels) == len(reachable)
+
+
+@pytest.mark.parametrize("kept", [3, 4])
+@pytest.mark.parametrize("group", [0, 5])
+def test_compress_24_refuses_a_group_with_more_than_two_nonzeros(kept, group):
+    """Exactly one group of 4 holds 3 (or 4) non-zeros, the others are 2:4: one clear error naming the
+    count, never a silently truncated group (the mutation run's surviving mutant accepted 3)."""
+    w = torch.zeros(2, 24)
+    w[:, 0::4] = 1.0
+    w[:, 1::4] = -2.0  # every group keeps exactly 2
+    row, col = divmod(group, 6)
+    w[row, 4 * col:4 * col + kept] = torch.arange(1, kept + 1, dtype=torch.float32)
+    with pytest.raises(RiaInputError, match=r"not 2:4 sparse: 1 group\(s\) of 4 hold more than 2 non-zeros"):
+        compress_24(w)
+    values, meta = compress_24(w * (torch.arange(24) % 4 < 2))  # the same weight made 2:4 compresses
+    assert torch.equal(decompress_24(values, meta), w * (torch.arange(24) % 4 < 2))
