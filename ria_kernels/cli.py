@@ -31,6 +31,7 @@ examples:
   ria-prune --method sparsegpt --sparsity-ratio 0.7 --layerwise atp   # ATP, beta searched on calibration data
   ria-prune --method ria --sparsity-ratio 0.7 --layerwise owl --owl-lambda 0.08 --owl-m 5
   ria-prune --method ria --sparsity-type 2:4 --reconstruction          # RIA + SparseGPT-style reconstruction
+  ria-prune --method alps --sparsity-type 2:4 --permute                # ALPS (ADMM + LS refit) on RIA-permuted channels
   ria-prune --save out/pruned --overwrite     # replace the output of an earlier run (nothing stale is kept)
 
 sparsity:
@@ -207,7 +208,7 @@ def _check_flags(args) -> None:
     if args.percdamp is not None and not (args.method in ("sparsegpt", "alps") or args.reconstruction):
         raise RiaInputError("--percdamp is a SparseGPT setting (Hessian damping); it needs --method sparsegpt / "
                             "alps or --reconstruction")
-    if args.a is not None and args.method != "ria":
+    if args.a is not None and args.method != "ria" and not (args.permute and args.method in ("sparsegpt", "alps")):
         raise RiaInputError(f"--a is RIA's activation exponent; --method {args.method} does not use it")
     if args.layerwise != "uniform" and nm:
         raise RiaInputError("--layerwise atp/owl needs --sparsity-type unstructured")
@@ -449,7 +450,7 @@ def _eval_ids(args, tok, seqlen, default_path):
 
 # ---------------------------------------------------------------------- run ---
 def _settings(args, spec, nsamples, seqlen, device, dtype) -> dict:
-    ria = args.method == "ria"
+    ria = args.method == "ria" or (args.permute and args.method in ("sparsegpt", "alps"))  # RIA score for CP
     gptq = args.method == "sparsegpt" or args.reconstruction == "obs"
     hess = gptq or args.method == "alps" or bool(args.reconstruction)
     return {"method": args.method, "sparsity_type": str(spec) if spec.is_nm else "unstructured",
