@@ -31,7 +31,7 @@ examples:
   ria-prune --method sparsegpt --sparsity-ratio 0.7 --layerwise atp   # ATP, beta searched on calibration data
   ria-prune --method ria --sparsity-ratio 0.7 --layerwise owl --owl-lambda 0.08 --owl-m 5
   ria-prune --method ria --sparsity-type 2:4 --reconstruction          # RIA + SparseGPT-style reconstruction
-  ria-prune --method alps --sparsity-type 2:4 --permute                # ALPS (ADMM + LS refit) on RIA-permuted channels
+  ria-prune --method alps --sparsity-type 2:4 --permute                # ALPS + LS refit, RIA-permuted channels
   ria-prune --save out/pruned --overwrite     # replace the output of an earlier run (nothing stale is kept)
 
 sparsity:
