@@ -5,8 +5,10 @@ the inputs of decoder layer 0 are captured once, then for each decoder layer
    activation statistics of every linear (``calibration.collect_stats``);
 2. every linear is scored (``ops.ria_score.pruning_score``) and masked
    (``ops.nm_mask.nm_mask`` / ``unstructured_mask``; one threshold per linear module
-   by default as in RIA, per output row with ``per_output=True`` as in Wanda), or
-   pruned by SparseGPT; pruned weights are zeroed in place;
+   by default as in RIA, per output row with ``per_output=True`` as in Wanda), and
+   optionally refit (``reconstruction="obs"`` / ``"ls"``), or pruned by SparseGPT or ALPS
+   (``ria_kernels.alps``; one eigendecomposition per shared input); pruned weights are
+   zeroed in place;
 3. the layer's outputs are recomputed with the pruned weights and become the next
    layer's inputs.
 
