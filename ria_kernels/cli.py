@@ -31,6 +31,7 @@ examples:
   ria-prune --method sparsegpt --sparsity-ratio 0.7 --layerwise atp   # ATP, beta searched on calibration data
   ria-prune --method ria --sparsity-ratio 0.7 --layerwise owl --owl-lambda 0.08 --owl-m 5
   ria-prune --method ria --sparsity-type 2:4 --reconstruction          # RIA + SparseGPT-style reconstruction
+  ria-prune --method alps --sparsity-type 2:4 --permute                # ALPS + LS refit, RIA-permuted channels
   ria-prune --save out/pruned --overwrite     # replace the output of an earlier run (nothing stale is kept)
 
 sparsity:
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default: 1 for models under 50M parameters on a CPU, else torch's default;"
                         " OMP_NUM_THREADS is respected)")
     g = p.add_argument_group("pruning")
-    g.add_argument("--method", default="ria", choices=["magnitude", "wanda", "ri", "ria", "sparsegpt"])
+    g.add_argument("--method", default="ria", choices=["magnitude", "wanda", "ri", "ria", "sparsegpt", "alps"],
+                   help="alps: ADMM (Meng et al. 2024) + least-squares refit; with --permute on RIA-permuted channels")
     g.add_argument("--sparsity-ratio", type=float,
                    help="fraction of weights pruned, unstructured only (default 0.5)")
     g.add_argument("--sparsity-type", default="unstructured", help="'unstructured' or N:M such as 2:4, 4:8, 1:4")
@@ -111,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --permute: linear-sum-assignment refinement after the heuristic allocation (default on)")
     g.add_argument("--blocks", type=int,
                    help="with --permute and LSA: fast LSA over this many communities (default 1)")
-    g.add_argument("--reconstruction", action="store_true",
-                   help="OBS weight reconstruction after masking (RIA+rec; not with --method sparsegpt)")
+    g.add_argument("--reconstruction", nargs="?", const="obs", choices=["obs", "ls"],
+                   help="update the kept weights after masking: obs (the default when given alone: SparseGPT/OBS, "
+                        "RIA+rec) or ls (exact least-squares refit, masked PCG); not with --method sparsegpt/alps")
     g.add_argument("--sparse-inference", action="store_true",
                    help="2:4 only: after pruning, convert the model with to_sparse_inference (2:4 linears become "
                         "SparseLinear, channel permutations applied for real), report how many linears run on "
@@ -212,18 +215,21 @@ def _check_flags(args) -> None:
         raise RiaInputError("--per-output is for unstructured sparsity; N:M is per row already")
     if args.permute and not nm:
         raise RiaInputError("--permute needs an N:M --sparsity-type such as 2:4")
-    if args.permute and args.method == "sparsegpt":
-        raise RiaInputError("--permute is not supported with --method sparsegpt (its mask depends on the update order)")
     if args.lsa is not None and not args.permute:
         raise RiaInputError("--lsa/--no-lsa is a step of channel permutation; it needs --permute")
     if args.blocks is not None and not (args.permute and args.lsa is not False):
         raise RiaInputError("--blocks splits the LSA step of channel permutation; it needs --permute (with LSA)")
     if args.reconstruction and args.method == "sparsegpt":
         raise RiaInputError("--reconstruction is what --method sparsegpt does already; use it with another method")
-    for flag, value in (("--blocksize", args.blocksize), ("--percdamp", args.percdamp)):
-        if value is not None and not (args.method == "sparsegpt" or args.reconstruction):
-            raise RiaInputError(f"{flag} is a SparseGPT setting; it needs --method sparsegpt or --reconstruction")
-    if args.a is not None and args.method != "ria":
+    if args.reconstruction and args.method == "alps":
+        raise RiaInputError("--reconstruction: --method alps ends with the least-squares refit already; "
+                            "use it with another method")
+    if args.blocksize is not None and not (args.method == "sparsegpt" or args.reconstruction == "obs"):
+        raise RiaInputError("--blocksize is a SparseGPT setting; it needs --method sparsegpt or --reconstruction obs")
+    if args.percdamp is not None and not (args.method in ("sparsegpt", "alps") or args.reconstruction):
+        raise RiaInputError("--percdamp is a SparseGPT setting (Hessian damping); it needs --method sparsegpt / "
+                            "alps or --reconstruction")
+    if args.a is not None and args.method != "ria" and not (args.permute and args.method in ("sparsegpt", "alps")):
         raise RiaInputError(f"--a is RIA's activation exponent; --method {args.method} does not use it")
     if args.layerwise != "uniform" and nm:
         raise RiaInputError("--layerwise atp/owl needs --sparsity-type unstructured")
@@ -594,15 +600,16 @@ def _eval_ids(args, tok, seqlen, default_path):
 
 # ---------------------------------------------------------------------- run ---
 def _settings(args, spec, nsamples, seqlen, device, dtype) -> dict:
-    ria = args.method == "ria"
-    gptq = args.method == "sparsegpt" or args.reconstruction
+    ria = args.method == "ria" or (args.permute and args.method in ("sparsegpt", "alps"))  # RIA score for CP
+    gptq = args.method == "sparsegpt" or args.reconstruction == "obs"
+    hess = gptq or args.method == "alps" or bool(args.reconstruction)
     return {"method": args.method, "sparsity_type": str(spec) if spec.is_nm else "unstructured",
             "sparsity_ratio": spec.ratio, "n": spec.n if spec.is_nm else None, "m": spec.m if spec.is_nm else None,
             "a": (0.5 if args.a is None else args.a) if ria else None, "per_output": args.per_output,
             "permute": args.permute, "lsa": (args.lsa is not False) if args.permute else None,
-            "blocks": (args.blocks or 1) if args.permute else None, "reconstruction": args.reconstruction,
-            "blocksize": (args.blocksize or 128) if gptq else None,
-            "percdamp": (0.01 if args.percdamp is None else args.percdamp) if gptq else None,
+            "blocks": (args.blocks or 1) if args.permute else None, "reconstruction": bool(args.reconstruction),
+            "reconstruction_kind": args.reconstruction, "blocksize": (args.blocksize or 128) if gptq else None,
+            "percdamp": (0.01 if args.percdamp is None else args.percdamp) if hess else None,
             "batch_size": args.batch_size, "offload": bool(args.offload or args.device == "map"),
             "backend": args.backend, "layerwise": args.layerwise, "beta": args.beta,
             "owl_lambda": (0.08 if args.owl_lambda is None else args.owl_lambda) if args.layerwise == "owl" else None,
@@ -824,7 +831,8 @@ def run(args, argv: list[str] | None = None) -> dict:
     result["pruning"] = report.to_dict()
     solvers = sorted({s.get("lsa_solver") for s in report.permutation_stats.values() if s.get("lsa_solver")})
     result["backends"] = {"score": report.backend.get("score"), "mask": report.backend.get("mask"),
-                          "sparsegpt": report.backend.get("sparsegpt"), "device": report.backend.get("device", ""),
+                          "sparsegpt": report.backend.get("sparsegpt"), "alps": report.backend.get("alps"),
+                          "device": report.backend.get("device", ""),
                           "lsa_solver": ",".join(solvers) if solvers else None}
     if eval_ids is not None:
         t = time.perf_counter()

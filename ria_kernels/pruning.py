@@ -5,8 +5,10 @@ the inputs of decoder layer 0 are captured once, then for each decoder layer
    activation statistics of every linear (``calibration.collect_stats``);
 2. every linear is scored (``ops.ria_score.pruning_score``) and masked
    (``ops.nm_mask.nm_mask`` / ``unstructured_mask``; one threshold per linear module
-   by default as in RIA, per output row with ``per_output=True`` as in Wanda), or
-   pruned by SparseGPT; pruned weights are zeroed in place;
+   by default as in RIA, per output row with ``per_output=True`` as in Wanda), and
+   optionally refit (``reconstruction="obs"`` / ``"ls"``), or pruned by SparseGPT or ALPS
+   (``ria_kernels.alps``; one eigendecomposition per shared input); pruned weights are
+   zeroed in place;
 3. the layer's outputs are recomputed with the pruned weights and become the next
    layer's inputs.
 
@@ -33,17 +35,35 @@ from .ops.nm_mask import nm_mask, unstructured_mask
 from .ops.ria_score import METHODS as SCORE_METHODS
 from .ops.ria_score import pruning_score
 
-METHODS = SCORE_METHODS + ("sparsegpt",)
+METHODS = SCORE_METHODS + ("sparsegpt", "alps")
+RECONSTRUCTIONS = ("obs", "ls")  # SparseGPT/OBS update; least-squares refit by masked PCG (ria_kernels.refit)
+STAGES = ("capture", "stats", "score", "permutation", "mask", "sparsegpt", "alps_eig", "alps_admm", "refit",
+          "recompute")
 
 
 @dataclass
 class LinearReport:
-    """One linear after pruning: actual sparsity (pruned / total), counts, seconds spent."""
+    """One linear after pruning: actual sparsity (pruned / total), counts, seconds spent.
+    Where a Hessian was collected: ``output_error`` = ``||(W'-W) X||^2 / ||W X||^2`` on the
+    calibration inputs; ALPS adds its ADMM ``iterations``, final ``rho`` and last
+    ``support_change``; ``cg_iterations``: PCG refit iterations (ALPS, ``reconstruction="ls"``)."""
 
     sparsity: float
     kept: int
     total: int
     time_s: float
+    output_error: float | None = None
+    iterations: int | None = None
+    cg_iterations: int | None = None
+    support_change: float | None = None
+    rho: float | None = None
+
+    def to_dict(self) -> dict:
+        out = {"sparsity": self.sparsity, "kept": self.kept, "total": self.total, "time_s": self.time_s}
+        for k in ("output_error", "iterations", "cg_iterations", "support_change", "rho"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        return out
 
 
 @dataclass
@@ -69,8 +89,7 @@ class LayerReport:
     def to_dict(self) -> dict:
         return {"index": self.index, "target_sparsity": float(self.target_sparsity),
                 "actual_sparsity": self.actual_sparsity, "time_s": self.time_s, "stats_time_s": self.stats_time_s,
-                "linears": {n: {"sparsity": r.sparsity, "kept": r.kept, "total": r.total, "time_s": r.time_s}
-                            for n, r in self.linears.items()}}
+                "linears": {n: r.to_dict() for n, r in self.linears.items()}}
 
 
 @dataclass
@@ -86,6 +105,7 @@ class PruneReport:
     nsamples: int = 0
     seqlen: int = 0
     reconstruction: bool = False
+    reconstruction_kind: str | None = None   # "obs" | "ls" | None
     permute: bool = False
     layer_sparsities: list[float] | None = None
     backend: dict[str, str] = field(default_factory=dict)
@@ -94,6 +114,7 @@ class PruneReport:
     permutation_stats: dict[str, dict] = field(default_factory=dict)
     capture_time_s: float = 0.0
     total_time_s: float = 0.0
+    stage_times_s: dict[str, float] = field(default_factory=dict)  # STAGES -> seconds, summed over layers
 
     @property
     def kept(self) -> int:
@@ -120,11 +141,12 @@ class PruneReport:
             "method": self.method, "sparsity_type": (str(spec) if spec.is_nm else "unstructured") if spec else None,
             "sparsity_ratio": spec.ratio if spec else None, "a": self.a, "per_output": self.per_output,
             "family": self.family, "nsamples": self.nsamples, "seqlen": self.seqlen,
-            "reconstruction": self.reconstruction, "permute": self.permute,
+            "reconstruction": self.reconstruction, "reconstruction_kind": self.reconstruction_kind,
+            "permute": self.permute,
             "layer_sparsities": self.layer_sparsities, "backend": self.backend,
             "actual_sparsity": self.actual_sparsity, "pruned_weights": self.total - self.kept,
             "total_weights": self.total, "capture_time_s": self.capture_time_s,
-            "total_time_s": self.total_time_s,
+            "total_time_s": self.total_time_s, "stage_times_s": dict(self.stage_times_s),
             "layers": [layer.to_dict() for layer in self.layers],
             "permutations": sorted(self.permutations),
             "permutation_stats": self.permutation_stats,
@@ -200,8 +222,20 @@ def check_blocks(adapter: ModelAdapter, spec: SparsitySpec, blocks: int, name: s
                                 f"{limit} communities of >= 2 blocks (more would equal no LSA at all)")
 
 
+def normalize_reconstruction(reconstruction) -> str | None:
+    """``False``/``None`` -> None, ``True``/``"obs"`` -> ``"obs"`` (the SparseGPT/OBS update, as
+    before), ``"ls"`` -> ``"ls"`` (least-squares refit); anything else is a RiaInputError."""
+    if reconstruction is None or reconstruction is False:
+        return None
+    if reconstruction is True:
+        return "obs"
+    if isinstance(reconstruction, str) and reconstruction.lower() in RECONSTRUCTIONS:
+        return reconstruction.lower()
+    raise RiaInputError(f"reconstruction must be False, True (= 'obs'), 'obs' or 'ls', got {reconstruction!r}")
+
+
 def _validate(model: nn.Module, calibration, method: str, spec: SparsitySpec, a, layer_sparsities,
-              permute: bool, lsa: bool, blocks, blocksize, percdamp, batch_size, backend, reconstruction: bool,
+              permute: bool, lsa: bool, blocks, blocksize, percdamp, batch_size, backend, reconstruction: str | None,
               per_output: bool) -> ModelAdapter:
     if not isinstance(method, str) or method not in METHODS:
         raise RiaInputError(f"method must be one of {METHODS}, got {method!r}")
@@ -230,11 +264,12 @@ def _validate(model: nn.Module, calibration, method: str, spec: SparsitySpec, a,
             check_ratio(s, f"layer_sparsities[{i}]")
     if permute and not spec.is_nm:
         raise RiaInputError("permute=True (channel permutation) needs an N:M sparsity such as '2:4'")
-    if permute and method == "sparsegpt":
-        raise RiaInputError("permute=True is not supported with method='sparsegpt' (its mask depends on the update order)")
     if reconstruction and method == "sparsegpt":
         raise RiaInputError("reconstruction=True is what method='sparsegpt' already does; "
                             "use it with magnitude, wanda, ri or ria")
+    if reconstruction and method == "alps":
+        raise RiaInputError("method='alps' ends with the least-squares refit already (reconstruction='ls'); "
+                            "use reconstruction with magnitude, wanda, ri or ria")
     if per_output and spec.is_nm:
         raise RiaInputError(f"per_output=True is for unstructured sparsity; the N:M pattern {spec} is per row already")
     if blocks != 1 and not (permute and lsa):
@@ -273,7 +308,7 @@ def _masks_for_group(scores: dict[str, torch.Tensor], spec: SparsitySpec, ratio:
 @torch.no_grad()
 def prune_model(model: nn.Module, calibration: torch.Tensor, *, method: str = "ria",
                 sparsity: float | str = 0.5, a: float = 0.5, per_output: bool = False,
-                layer_sparsities: Sequence[float] | None = None, reconstruction: bool = False,
+                layer_sparsities: Sequence[float] | None = None, reconstruction: bool | str | None = False,
                 permute: bool = False, lsa: bool = True, blocks: int = 1, blocksize: int = 128,
                 percdamp: float = 0.01, batch_size: int = 1, offload: bool = False,
                 progress: bool = True, backend: str | None = None) -> PruneReport:
@@ -281,25 +316,28 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, *, method: str = "r
 
     ``calibration``: LongTensor [nsamples, seqlen] of token ids. ``sparsity``: a ratio
     in [0, 1) (unstructured) or a pattern ``"N:M"`` (N of every M consecutive input
-    weights pruned). ``method``: magnitude | wanda | ri | ria | sparsegpt. ``a``: RIA's
-    activation exponent. ``per_output``: unstructured threshold per output row (Wanda)
+    weights pruned). ``method``: magnitude | wanda | ri | ria | sparsegpt | alps (ADMM,
+    ``ria_kernels.alps``). ``a``: RIA's activation exponent (also the score of the channel
+    permutation search for sparsegpt / alps with ``permute=True``). ``per_output``: unstructured threshold per output row (Wanda)
     instead of per linear module (RIA). ``layer_sparsities``: one ratio per decoder
-    layer (ATP/OWL; unstructured only). ``reconstruction``: SparseGPT/OBS update of the
-    kept weights after masking (RIA App. E). ``permute``: input-channel permutation for
+    layer (ATP/OWL; unstructured only). ``reconstruction``: update of the kept weights
+    after masking: ``"obs"`` (or ``True``) the SparseGPT/OBS update (RIA App. E), ``"ls"`` the
+    exact least-squares refit by masked PCG (``ria_kernels.refit``). ``permute``: input-channel permutation for
     N:M (RIA Sec. 4.2; ``lsa``/``blocks`` tune it). ``batch_size``: calibration samples
     per forward. ``offload``: keep layer inputs on the CPU. ``backend``: force the
     score/mask backend (``"triton"`` | ``"torch"``). All inputs are validated before the
     model is touched.
     """
     spec = parse_sparsity(sparsity)
+    reconstruction = normalize_reconstruction(reconstruction)
     adapter = _validate(model, calibration, method, spec, a, layer_sparsities, permute, lsa, blocks, blocksize,
                         percdamp, batch_size, backend, reconstruction, per_output)
     backends = _backends(adapter, spec, method, backend)
-    need_hessian = method == "sparsegpt" or reconstruction
+    need_hessian = method in ("sparsegpt", "alps") or reconstruction is not None
     report = PruneReport(method=method, sparsity=str(spec), a=float(a), per_output=bool(per_output),
                          family=adapter.family, nsamples=int(calibration.shape[0]),
-                         seqlen=int(calibration.shape[1]), reconstruction=bool(reconstruction),
-                         permute=bool(permute), backend=backends,
+                         seqlen=int(calibration.shape[1]), reconstruction=reconstruction is not None,
+                         reconstruction_kind=reconstruction, permute=bool(permute), backend=backends,
                          layer_sparsities=None if layer_sparsities is None else [float(s) for s in layer_sparsities])
     was_training = model.training
     model.eval()
@@ -318,6 +356,8 @@ def _run(model, adapter, calibration, report, spec, method, a, per_output, layer
     t_start = time.perf_counter()
     inputs = adapter.capture_layer_inputs(calibration, batch_size=batch_size, offload=offload)
     report.capture_time_s = time.perf_counter() - t_start
+    report.stage_times_s = dict.fromkeys(STAGES, 0.0)
+    report.stage_times_s["capture"] = report.capture_time_s
     layers = adapter.layers()
     shared = [g.linears for g in adapter.groups]
     bar = None
@@ -334,22 +374,43 @@ def _run(model, adapter, calibration, report, spec, method, a, per_output, layer
                 for hidden, kw in zip(inputs.hidden, inputs.kwargs):
                     adapter.run_layer(layer, hidden, kw)
             lrep.stats_time_s = time.perf_counter() - t_layer
+            report.stage_times_s["stats"] += lrep.stats_time_s
             with materialized(layer):
                 for group in adapter.groups:
                     _prune_group(adapter, i, group, linears, stats, spec, ratio, method, a, per_output,
                                  reconstruction, permute, lsa, blocks, blocksize, percdamp, backend, lrep, report)
             del stats
+            t_rec = time.perf_counter()
             for j, (hidden, kw) in enumerate(zip(inputs.hidden, inputs.kwargs)):
                 inputs.hidden[j] = adapter.run_layer(layer, hidden, kw).to(hidden.device)
+            report.stage_times_s["recompute"] += time.perf_counter() - t_rec
             lrep.time_s = time.perf_counter() - t_layer
             report.layers.append(lrep)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(sparsity=f"{lrep.actual_sparsity:.3f}")
+                bar.set_postfix(_postfix(lrep))
     finally:
         if bar is not None:
             bar.close()
     report.total_time_s = time.perf_counter() - t_start
+
+
+def _postfix(lrep: LayerReport) -> dict[str, str]:
+    """Progress-bar fields of one finished layer: sparsity, and where measured the worst
+    linear's output error, the most ALPS iterations and the largest last support change."""
+    out = {"sparsity": f"{lrep.actual_sparsity:.3f}"}
+    lins = lrep.linears.values()
+    errs = [r.output_error for r in lins if r.output_error is not None]
+    if errs:
+        out["max_err"] = f"{max(errs):.4f}"
+    its = [r.iterations for r in lins if r.iterations is not None]
+    if its:
+        out["admm_it"] = str(max(its))
+        out["supp_chg"] = f"{max(r.support_change for r in lins if r.support_change is not None):.1e}"
+    cg = [r.cg_iterations for r in lins if r.cg_iterations is not None]
+    if cg:
+        out["cg_it"] = str(max(cg))
+    return out
 
 
 def _backends(adapter: ModelAdapter, spec: SparsitySpec, method: str, backend) -> dict[str, str]:
@@ -357,8 +418,8 @@ def _backends(adapter: ModelAdapter, spec: SparsitySpec, method: str, backend) -
     on the execution device of layer 0); raises BackendUnavailableError up front."""
     dev = module_device(adapter.layers()[0])
     probe = torch.empty(0, device=dev) if dev.type != "meta" else torch.empty(0)
-    if method == "sparsegpt":
-        return {"sparsegpt": "torch", "device": dev.type}
+    if method in ("sparsegpt", "alps"):
+        return {method: "torch", "device": dev.type}
     return {"score": resolve_backend("pruning_score", probe, backend),
             "mask": resolve_backend("nm_mask" if spec.is_nm else "unstructured_mask", probe, backend),
             "device": dev.type}
@@ -369,54 +430,119 @@ def _prune_group(adapter, layer_index, group, linears, stats: dict[str, LinearSt
     names = group.linears
     layer_spec = spec if spec.is_nm else SparsitySpec(ratio=float(ratio))
     times = dict.fromkeys(names, 0.0)
-    if method == "sparsegpt":
-        from .sparsegpt import sparsegpt_prune
-        masks = {}
-        for n in names:
+    stage = report.stage_times_s
+    extra: dict[str, dict] = {n: {} for n in names}
+    originals = {n: linears[n].weight.data.clone() for n in names} if (
+        method in ("sparsegpt", "alps") or reconstruction) else {}
+
+    def tick(name_list, key, t0):
+        dt = time.perf_counter() - t0
+        stage[key] = stage.get(key, 0.0) + dt
+        for n in name_list:
+            times[n] += dt / len(name_list)
+
+    perm_result = None
+    if method in ("sparsegpt", "alps"):
+        perm = None
+        if permute:  # the permutation comes from the RIA channel-permutation search, stored as for RIA + CP
             t0 = time.perf_counter()
-            w = linears[n].weight
-            new_w, masks[n] = sparsegpt_prune(w.data, stats[n].hessian, layer_spec,
-                                              blocksize=blocksize, percdamp=percdamp)
-            w.data.copy_(new_w.to(w.device))
-            times[n] = time.perf_counter() - t0
+            scores = {n: pruning_score(linears[n].weight.data, stats[n].act_norm.to(linears[n].weight.device),
+                                       "ria", a, backend=backend) for n in names}
+            tick(names, "score", t0)
+            t0 = time.perf_counter()
+            from .permutation import channel_permutation
+            perm_result = channel_permutation(torch.cat(list(scores.values()), dim=0), spec.n, spec.m, lsa=lsa,
+                                              blocks=blocks)
+            perm = perm_result.perm
+            del scores
+            tick(names, "permutation", t0)
+        masks = {}
+        if method == "sparsegpt":
+            from .sparsegpt import sparsegpt_prune
+            for n in names:
+                t0 = time.perf_counter()
+                w = linears[n].weight
+                new_w, masks[n] = sparsegpt_prune(w.data, stats[n].hessian, layer_spec, blocksize=blocksize,
+                                                  percdamp=percdamp, perm=None if perm is None else perm.to(w.device))
+                w.data.copy_(new_w.to(w.device))
+                tick([n], "sparsegpt", t0)
+        else:
+            from .alps import alps_prune, prepare_hessian
+            hess_cache: dict[int, object] = {}  # q/k/v (gate/up) share one LinearStats: one eigh per input
+            for n in names:
+                w = linears[n].weight
+                key = id(stats[n])
+                if key not in hess_cache:
+                    t0 = time.perf_counter()
+                    hess_cache[key] = prepare_hessian(stats[n].hessian, percdamp=percdamp, device=w.device,
+                                                      perm=None if perm is None else perm.to(w.device))
+                    sharing = [m for m in names if id(stats[m]) == key]
+                    tick(sharing, "alps_eig", t0)
+                t0 = time.perf_counter()
+                res = alps_prune(w.data, hess_cache[key], layer_spec, per_output=per_output and not spec.is_nm)
+                w.data.copy_(res.weight.to(w.device))
+                masks[n] = res.mask
+                stage["alps_admm"] += res.admm_time_s
+                stage["refit"] += res.refit_time_s
+                times[n] += time.perf_counter() - t0
+                extra[n].update(iterations=res.iterations, cg_iterations=res.cg_iterations,
+                                support_change=res.support_change, rho=res.rho)
+            del hess_cache
+        for n in names:
+            linears[n].weight.data.masked_fill_(~masks[n].to(linears[n].weight.device), 0)
     else:
         scores = {}
+        t0 = time.perf_counter()
         for n in names:
-            t0 = time.perf_counter()
+            t1 = time.perf_counter()
             w = linears[n].weight
             scores[n] = pruning_score(w.data, stats[n].act_norm.to(w.device), method, a, backend=backend)
-            times[n] += time.perf_counter() - t0
+            times[n] += time.perf_counter() - t1
+        stage["score"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         if permute:
             masks, perm_result = _masks_for_group(scores, spec, ratio, per_output, permute, lsa, blocks, backend)
-            shared_t = (time.perf_counter() - t0) / len(names)
-            for n in names:
-                times[n] += shared_t
+            tick(names, "permutation", t0)
         else:
-            masks, perm_result = {}, None
+            masks = {}
             for n in names:
                 t1 = time.perf_counter()
                 masks[n] = _masks_for_group({n: scores[n]}, spec, ratio, per_output, False, lsa, blocks, backend)[0][n]
                 times[n] += time.perf_counter() - t1
+            stage["mask"] += time.perf_counter() - t0
         del scores
         for n in names:
             t0 = time.perf_counter()
             w = linears[n].weight
-            if reconstruction:
+            if reconstruction == "obs":
                 from .sparsegpt import sparsegpt_prune
                 new_w, _ = sparsegpt_prune(w.data, stats[n].hessian, layer_spec, blocksize=blocksize,
                                            percdamp=percdamp, mask=masks[n])
                 w.data.copy_(new_w.to(w.device))
+            elif reconstruction == "ls":
+                from .refit import ls_refit
+                new_w, info = ls_refit(w.data, stats[n].hessian.to(w.device), masks[n].to(w.device),
+                                       percdamp=percdamp)
+                w.data.copy_(new_w.to(w.device))
+                extra[n]["cg_iterations"] = info.iterations
             w.data.masked_fill_(~masks[n].to(w.device), 0)  # +0.0: mul_ left -0.0 for negative weights
-            times[n] += time.perf_counter() - t0
-        if perm_result is not None:
-            key = f"{adapter.full_name(layer_index, '')}.{group.name}"
-            perm_cpu = perm_result.perm.detach().to("cpu", torch.long)
-            report.permutation_stats[key] = {"linears": list(names), "retained": dict(perm_result.retained),
-                                             "time_s": float(perm_result.time_s), "lsa_solver": perm_result.solver}
-            for n in names:
-                report.permutations[adapter.full_name(layer_index, n)] = perm_cpu
+            if reconstruction:
+                tick([n], "refit", t0)
+            else:
+                times[n] += time.perf_counter() - t0
+    if perm_result is not None:
+        key = f"{adapter.full_name(layer_index, '')}.{group.name}"
+        perm_cpu = perm_result.perm.detach().to("cpu", torch.long)
+        report.permutation_stats[key] = {"linears": list(names), "retained": dict(perm_result.retained),
+                                         "time_s": float(perm_result.time_s), "lsa_solver": perm_result.solver}
+        for n in names:
+            report.permutations[adapter.full_name(layer_index, n)] = perm_cpu
+    if originals:
+        from .refit import output_error
+        for n in names:
+            extra[n]["output_error"] = output_error(linears[n].weight.data, originals[n], stats[n].hessian)
     for n in names:
         kept = int(masks[n].sum())
         total = masks[n].numel()
-        lrep.linears[n] = LinearReport(sparsity=1.0 - kept / total, kept=kept, total=total, time_s=times[n])
+        lrep.linears[n] = LinearReport(sparsity=1.0 - kept / total, kept=kept, total=total, time_s=times[n],
+                                       **extra[n])

@@ -33,7 +33,7 @@ SCHEMA: dict[str, Any] = {
               "dtype": "str", "max_position_embeddings": "int?"},
     "settings": {"method": "str", "sparsity_type": "str", "sparsity_ratio": "number", "n": "int?", "m": "int?",
                  "a": "number?", "per_output": "bool", "permute": "bool", "lsa": "bool?", "blocks": "int?",
-                 "reconstruction": "bool", "blocksize": "int?", "percdamp": "number?", "batch_size": "int",
+                 "reconstruction": "bool", "reconstruction_kind?": "str?", "blocksize": "int?", "percdamp": "number?", "batch_size": "int",
                  "offload": "bool", "backend": "str?", "layerwise": "str", "beta": "number?",
                  "owl_lambda": "number?", "owl_m": "number?", "seed": "int", "nsamples": "int", "seqlen": "int",
                  "max_eval_windows": "int?", "eval_batch_size": "int?", "eval": "bool", "dense_eval": "bool", "sparse_inference": "bool",
@@ -43,16 +43,16 @@ SCHEMA: dict[str, Any] = {
     "evaluation": {"source": _SOURCE, "seqlen": "int", "available_tokens": "int", "max_eval_windows": "int?",
                    "windows": "int", "tokens": "int", "dense?": _PPL_RUN, "pruned": _PPL_RUN,
                    "sparse_inference?": _PPL_RUN},
-    "backends": {"score": "str?", "mask": "str?", "sparsegpt": "str?", "device": "str", "lsa_solver": "str?",
+    "backends": {"score": "str?", "mask": "str?", "sparsegpt": "str?", "alps?": "str?", "device": "str", "lsa_solver": "str?",
                  "sparse_linear?": "dict"},
     "layerwise": {"kind": "str", "beta": "number?", "beta_searched": "bool",
                   "search?": [{"beta": "number", "calib_ppl": "number?", "time_s": "number"}],
                   "owl_outlier_ratios?": ["number"], "layer_sparsities": ["number"], "time_s": "number"},
     "pruning": {"method": "str", "sparsity_type": "str?", "sparsity_ratio": "number?", "a": "number",
                 "per_output": "bool", "family": "str", "nsamples": "int", "seqlen": "int", "reconstruction": "bool",
-                "permute": "bool", "layer_sparsities?": ["number"], "backend": "dict", "actual_sparsity": "number",
+                "reconstruction_kind?": "str?", "permute": "bool", "layer_sparsities?": ["number"], "backend": "dict", "actual_sparsity": "number",
                 "pruned_weights": "int", "total_weights": "int", "capture_time_s": "number",
-                "total_time_s": "number",
+                "total_time_s": "number", "stage_times_s?": "dict",
                 "layers": [{"index": "int", "target_sparsity": "number", "actual_sparsity": "number",
                             "time_s": "number", "stats_time_s": "number",
                             "linears": "dict"}],
@@ -65,7 +65,10 @@ SCHEMA: dict[str, Any] = {
 }
 # sections that are null when the run did not do that part
 OPTIONAL_SECTIONS = ("evaluation", "layerwise", "sparse_inference", "zero_shot")
-LINEAR_FIELDS = {"sparsity": "number", "kept": "int", "total": "int", "time_s": "number"}
+LINEAR_FIELDS = {"sparsity": "number", "kept": "int", "total": "int", "time_s": "number",
+                 # where a Hessian was collected (sparsegpt, alps, --reconstruction); absent otherwise
+                 "output_error?": "number?", "iterations?": "int", "cg_iterations?": "int",
+                 "support_change?": "number", "rho?": "number"}
 
 
 def _type_ok(value, name: str) -> bool:

@@ -4,6 +4,12 @@ and the same machinery as "reconstruction" for a mask chosen by another metric
 
 ``hessian`` is the float32 running sum ``X^T X`` over calibration tokens; its scale
 does not matter because damping is ``percdamp * mean(diag)``.
+
+``perm`` (an input-channel permutation, e.g. from the RIA channel-permutation search) runs
+SparseGPT on ``W[:, perm]`` with ``H[perm][:, perm]``: the N:M groups are then groups of the
+permuted columns, and the result is returned in the original column order (the pattern holds
+on ``new_weight[:, perm]``). The OBS updates are exact in any column order, so only which
+columns share an N:M group changes.
 """
 from __future__ import annotations
 
@@ -33,13 +39,30 @@ def _inverse_cholesky(hessian: torch.Tensor, weight: torch.Tensor, percdamp: flo
 
 @torch.no_grad()
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | str | SparsitySpec, *,
-                    blocksize: int = 128, percdamp: float = 0.01, mask: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    blocksize: int = 128, percdamp: float = 0.01, mask: torch.Tensor | None = None,
+                    perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune ``weight [out, in]`` with SparseGPT; returns ``(new_weight, keep_mask)``.
 
     With ``mask`` (bool, True = kept) no selection happens: only the kept weights are
     updated to compensate the pruned ones (reconstruction for any metric's mask).
+    ``perm``: run on the permuted columns (see the module docstring); both outputs are in
+    the original column order.
     """
+    if perm is not None:
+        cols = weight.shape[1] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
+        if not isinstance(perm, torch.Tensor) or cols is None or perm.shape != (cols,) or not torch.equal(
+                torch.sort(perm.to("cpu", torch.long)).values, torch.arange(cols)):
+            raise RiaInputError(f"perm must be a permutation of range(weight.shape[1]) = range({cols})")
+        if hessian is None or hessian.shape != (cols, cols):
+            got = None if hessian is None else tuple(hessian.shape)
+            raise RiaInputError(f"hessian must have shape [in_features, in_features] = [{cols}, {cols}], got {got}")
+        p = perm.to(weight.device, torch.long)
+        ph = perm.to(hessian.device, torch.long)
+        new_p, keep_p = sparsegpt_prune(weight[:, p], hessian[ph][:, ph], sparsity, blocksize=blocksize,
+                                        percdamp=percdamp, mask=None if mask is None else mask[:, p.to(mask.device)])
+        new, keep = torch.empty_like(new_p), torch.empty_like(keep_p)
+        new[:, p], keep[:, p] = new_p, keep_p
+        return new, keep
     check_matrix(weight, "weight")
     rows, cols = weight.shape
     if hessian is None or hessian.shape != (cols, cols):

@@ -359,7 +359,7 @@ CONFLICTS = [
     (["--sparsity-type", "2:4", "--permute", "--blocks", "1000"], "--blocks=1000 is too many LSA communities"),
     (["--no-lsa"], "it needs --permute"),
     (["--method", "sparsegpt", "--reconstruction"], "--reconstruction is what --method sparsegpt does"),
-    (["--method", "sparsegpt", "--sparsity-type", "2:4", "--permute"], "not supported with --method sparsegpt"),
+    (["--method", "alps", "--reconstruction", "ls"], "--method alps ends with the least-squares refit"),
     (["--blocksize", "64"], "SparseGPT setting"),
     (["--percdamp", "0.1"], "SparseGPT setting"),
     (["--method", "wanda", "--a", "1.0"], "--a is RIA's activation exponent"),

@@ -205,7 +205,8 @@ BAD = [
     (dict(sparsity="3:48"), "in_features=64 is not divisible by M=48"),
     (dict(sparsity="half"), "sparsity must be a ratio"),
     (dict(sparsity=0.5, permute=True), "needs an N:M sparsity"),
-    (dict(sparsity="2:4", permute=True, method="sparsegpt"), "not supported with method='sparsegpt'"),
+    (dict(method="alps", reconstruction="ls"), "method='alps' ends with the least-squares refit"),
+    (dict(method="ria", reconstruction="lsq"), "reconstruction must be False, True"),
     (dict(sparsity="2:4", layer_sparsities=[0.5, 0.5]), "needs unstructured"),
     (dict(sparsity=0.5, layer_sparsities=[0.5]), "has 1 entries"),
     (dict(sparsity=0.5, layer_sparsities=0.5), "must be a sequence"),
@@ -292,3 +293,32 @@ def test_ria_score_rejects_negative_act_norm():
     import ria_kernels as rk
     with pytest.raises(RiaInputError, match="act_norm"):
         rk.ria_score(torch.randn(4, 8), -torch.rand(8))
+
+
+def test_reconstruction_ls_same_mask_lower_error_than_obs():
+    """reconstruction='ls' keeps the metric's mask (with and without permute) and, on layer 0
+    (same inputs for both), reaches a lower output error than the OBS update."""
+    calib = make_calibration(8, 32)
+    for permute in (False, True):
+        runs = {}
+        for rec in (None, "obs", "ls"):
+            model = make_tiny_model("llama")
+            report = prune_model(model, calib, method="ria", sparsity="2:4", permute=permute, reconstruction=rec,
+                                 progress=False)
+            runs[rec] = (model, report)
+        q = {k: m.model.layers[0].self_attn.q_proj.weight for k, (m, _) in runs.items()}
+        assert torch.equal(q[None] == 0, q["ls"] == 0) and not torch.equal(q[None], q["ls"])
+        rep_ls, rep_obs = runs["ls"][1], runs["obs"][1]
+        assert rep_ls.reconstruction and rep_ls.reconstruction_kind == "ls" and rep_obs.reconstruction_kind == "obs"
+        for name, lin in rep_ls.layers[0].linears.items():
+            assert lin.cg_iterations >= 1
+            assert lin.output_error <= rep_obs.layers[0].linears[name].output_error * (1 + 1e-4), name
+        assert runs[None][1].layers[0].linears["self_attn.q_proj"].output_error is None
+        stages = rep_ls.to_dict()["stage_times_s"]
+        assert stages["refit"] > 0 and stages["stats"] > 0 and stages["recompute"] > 0
+
+
+@pytest.mark.parametrize("rec", [True, "obs", "OBS", False, None])
+def test_reconstruction_values(rec):
+    from ria_kernels.pruning import normalize_reconstruction
+    assert normalize_reconstruction(rec) == ("obs" if rec else None)

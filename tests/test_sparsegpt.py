@@ -67,3 +67,38 @@ def test_pipeline_end_to_end(kwargs):
     w = model.model.layers[1].mlp.down_proj.weight
     if kwargs["sparsity"] == "2:4":
         assert bool(((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all())
+
+
+@pytest.mark.parametrize("sparsity", ["2:4", 0.5])
+def test_permuted_with_identity_equals_unpermuted(sparsity):
+    W, _, H = _layer(1)
+    plain = sparsegpt_prune(W, H, sparsity)
+    ident = sparsegpt_prune(W, H, sparsity, perm=torch.arange(W.shape[1]))
+    assert torch.equal(plain[1], ident[1])
+    torch.testing.assert_close(plain[0], ident[0], rtol=0, atol=0)
+
+
+def test_permuted_pattern_holds_on_permuted_columns():
+    W, X, H = _layer(2)
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    new_w, keep = sparsegpt_prune(W, H, "2:4", perm=perm)
+    assert bool((keep[:, perm].reshape(48, -1, 4).sum(-1) == 2).all())
+    assert bool(((new_w[:, perm] != 0).reshape(48, -1, 4).sum(-1) <= 2).all())
+    assert bool((new_w[~keep] == 0).all())
+    # same as running SparseGPT by hand on the permuted problem
+    ref_w, ref_keep = sparsegpt_prune(W[:, perm], H[perm][:, perm], "2:4")
+    assert torch.equal(keep[:, perm], ref_keep)
+    torch.testing.assert_close(new_w[:, perm], ref_w, rtol=0, atol=0)
+    with pytest.raises(RiaInputError, match="perm must be a permutation"):
+        sparsegpt_prune(W, H, "2:4", perm=torch.zeros(64, dtype=torch.long))
+
+
+def test_pipeline_sparsegpt_cp_stores_permutations():
+    model = make_tiny_model("llama")
+    report = prune_model(model, make_calibration(8, 32), method="sparsegpt", sparsity="2:4", permute=True,
+                         progress=False)
+    assert report.permute and report.permutations and report.actual_sparsity == pytest.approx(0.5)
+    w = model.model.layers[1].mlp.down_proj.weight
+    perm = report.permutations["model.layers.1.mlp.down_proj"]
+    assert bool(((w[:, perm] != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all())
+    assert report.layers[0].linears["mlp.down_proj"].output_error is not None
