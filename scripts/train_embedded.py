@@ -64,6 +64,45 @@ def save_tokenizer(tok, out_dir: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def train_lm(model, train_ids: torch.Tensor, args, *, mininterval: float) -> tuple[int, float, float, bool, float]:
+    """AdamW (decay on matrices only, betas 0.9/0.95), warmup + cosine lr (``lr_at``), random windows
+    of ``args.seqlen`` tokens, gradient clip 1.0, stop at ``args.steps`` or ``args.max_minutes``.
+    Shared by this script and ``train_wikitext_model.py``. Returns ``(steps_done, last_loss,
+    loss_ema, stopped_early, train_seconds)``."""
+    from tqdm import tqdm
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(args.seed)
+    n_start = train_ids.numel() - args.seqlen
+    model.train()
+    start = time.time()
+    budget_s = args.max_minutes * 60
+    loss_ema, last_loss, steps_done, stopped_early = None, float("nan"), 0, False
+    bar = tqdm(range(args.steps), desc="training", unit="step", mininterval=mininterval)
+    for step in bar:
+        lr = lr_at(step, args.steps, args.lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        starts = torch.randint(0, n_start, (args.batch,), generator=gen).tolist()
+        batch = torch.stack([train_ids[s:s + args.seqlen] for s in starts])
+        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        last_loss = loss.item()
+        loss_ema = last_loss if loss_ema is None else 0.95 * loss_ema + 0.05 * last_loss
+        steps_done = step + 1
+        bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.1e}", refresh=False)
+        if time.time() - start > budget_s and steps_done < args.steps:
+            stopped_early = True
+            break
+    bar.close()
+    return steps_done, last_loss, loss_ema, stopped_early, time.time() - start
+
+
 def unigram_ppl(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab: int) -> float:
     """Perplexity on ``eval_ids`` of add-one-smoothed unigram frequencies of ``train_ids``."""
     counts = torch.bincount(train_ids, minlength=vocab).double() + 1.0
@@ -123,7 +162,6 @@ def join_pages(pages: list[tuple[str, str]], max_chars: int) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from tqdm import tqdm
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -163,37 +201,7 @@ def main(argv=None) -> int:
     print(f"model: LLaMA {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
           f"heads {args.heads} / kv {args.kv_heads}, {n_params / 1e6:.2f}M parameters", flush=True)
 
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
-    gen = torch.Generator().manual_seed(args.seed)
-    n_start = train_ids.numel() - args.seqlen
-    model.train()
-    start = time.time()
-    budget_s = args.max_minutes * 60
-    loss_ema, last_loss, steps_done, stopped_early = None, float("nan"), 0, False
-    bar = tqdm(range(args.steps), desc="training", unit="step", mininterval=2.0)
-    for step in bar:
-        lr = lr_at(step, args.steps, args.lr, args.warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        starts = torch.randint(0, n_start, (args.batch,), generator=gen).tolist()
-        batch = torch.stack([train_ids[s:s + args.seqlen] for s in starts])
-        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        last_loss = loss.item()
-        loss_ema = last_loss if loss_ema is None else 0.95 * loss_ema + 0.05 * last_loss
-        steps_done = step + 1
-        bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.1e}", refresh=False)
-        if time.time() - start > budget_s and steps_done < args.steps:
-            stopped_early = True
-            break
-    bar.close()
-    train_s = time.time() - start
+    steps_done, last_loss, loss_ema, stopped_early, train_s = train_lm(model, train_ids, args, mininterval=2.0)
     if stopped_early:
         print(f"WARNING: --max-minutes {args.max_minutes} reached after {steps_done}/{args.steps} steps", flush=True)
 

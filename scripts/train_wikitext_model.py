@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from train_embedded import lr_at, save_tokenizer, train_tokenizer, unigram_ppl  # noqa: E402
+from train_embedded import save_tokenizer, train_lm, train_tokenizer, unigram_ppl  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "assets" / "wikitext_llama"
 
@@ -57,7 +57,6 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    from tqdm import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -81,35 +80,7 @@ def main(argv=None) -> int:
     model = LlamaForCausalLM(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters", flush=True)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
-    gen = torch.Generator().manual_seed(args.seed)
-    n_start = train_ids.numel() - args.seqlen
-    model.train()
-    start = time.time()
-    loss_ema, last_loss, steps_done, stopped_early = None, float("nan"), 0, False
-    bar = tqdm(range(args.steps), desc="training", unit="step", mininterval=5.0)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        starts = torch.randint(0, n_start, (args.batch,), generator=gen).tolist()
-        batch = torch.stack([train_ids[s:s + args.seqlen] for s in starts])
-        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        last_loss = loss.item()
-        loss_ema = last_loss if loss_ema is None else 0.95 * loss_ema + 0.05 * last_loss
-        steps_done = step + 1
-        bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
-        if time.time() - start > args.max_minutes * 60 and steps_done < args.steps:
-            stopped_early = True
-            break
-    bar.close()
-    train_s = time.time() - start
+    steps_done, last_loss, loss_ema, stopped_early, train_s = train_lm(model, train_ids, args, mininterval=5.0)
     args.out.mkdir(parents=True, exist_ok=True)
     model.to(torch.float16).save_pretrained(args.out, safe_serialization=True)
     (args.out / "model.safetensors").chmod(0o644)

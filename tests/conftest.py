@@ -11,6 +11,8 @@ Everything is built from configs, offline, in float32 on the CPU, in well under 
 - ``make_tiny_tokenizer(path)`` -> word-level fast tokenizer over ``w0 .. w125`` (ids 2..127), saved
   to ``path`` (use with ``model.save_pretrained(path)`` to get a loadable checkpoint).
 - ``make_text(n_words=3000, seed=0)`` -> text of random words that tokenizer knows.
+- ``make_layer_problem(seed=0, out=48, inp=64, tokens=512)`` -> ``(W, X, H = X^T X)`` of one linear with
+  correlated inputs (SparseGPT / LS refit / ALPS tests).
 """
 from __future__ import annotations
 
@@ -104,6 +106,16 @@ def make_calibration(nsamples: int = 4, seqlen: int = 16, seed: int = 0) -> torc
 @pytest.fixture
 def calibration():
     return make_calibration()
+
+
+def make_layer_problem(seed: int = 0, out: int = 48, inp: int = 64, tokens: int = 512):
+    """``(W [out, inp], X [tokens, inp], H = X^T X)`` of one linear layer with correlated, unevenly
+    scaled inputs (the reconstruction tests: SparseGPT, the LS refit, ALPS)."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(inp, inp, generator=g) / inp ** 0.5 + torch.eye(inp)
+    X = torch.randn(tokens, inp, generator=g) @ mix * (torch.rand(inp, generator=g) * 3 + 0.1)  # correlated inputs
+    W = torch.randn(out, inp, generator=g)
+    return W, X, X.T @ X
 
 
 WORDS = [f"w{i}" for i in range(VOCAB - 2)]

@@ -11,15 +11,7 @@ from ria_kernels.ops.ria_score import pruning_score_reference
 from ria_kernels.permutation import channel_permutation
 from ria_kernels.refit import ls_refit, output_error
 from ria_kernels.sparsegpt import sparsegpt_prune
-from conftest import make_calibration, make_tiny_model
-
-
-def _layer(seed=0, out=48, inp=64, tokens=512):
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(inp, inp, generator=g) / inp ** 0.5 + torch.eye(inp)
-    X = torch.randn(tokens, inp, generator=g) @ mix * (torch.rand(inp, generator=g) * 3 + 0.1)  # correlated inputs
-    W = torch.randn(out, inp, generator=g)
-    return W, X, X.T @ X
+from conftest import make_calibration, make_layer_problem, make_tiny_model
 
 
 def _nm_ok(w: torch.Tensor, n: int, m: int) -> bool:
@@ -29,7 +21,7 @@ def _nm_ok(w: torch.Tensor, n: int, m: int) -> bool:
 @pytest.mark.parametrize("pattern", ["2:4", "1:4", "3:4", "4:8"])
 @pytest.mark.parametrize("permuted", [False, True])
 def test_alps_holds_the_exact_pattern(pattern, permuted):
-    W, X, H = _layer(1)
+    W, X, H = make_layer_problem(1)
     n, m = map(int, pattern.split(":"))
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(3)) if permuted else None
     res = alps_prune(W, H, pattern, perm=perm)
@@ -45,7 +37,7 @@ def test_alps_holds_the_exact_pattern(pattern, permuted):
 @pytest.mark.parametrize("ratio", [0.5, 0.7])
 @pytest.mark.parametrize("per_output", [False, True])
 def test_alps_unstructured_counts(ratio, per_output):
-    W, X, H = _layer(2)
+    W, X, H = make_layer_problem(2)
     res = alps_prune(W, H, ratio, per_output=per_output)
     if per_output:
         assert bool((res.mask.sum(1) == 64 - int(64 * ratio)).all())
@@ -57,7 +49,7 @@ def test_alps_unstructured_counts(ratio, per_output):
 @pytest.mark.parametrize("seed", range(3))
 def test_output_error_alps_cp_le_ls_refit_le_obs(seed):
     """The issue's ordering on one layer: ALPS + CP <= RIA + CP + LS refit <= RIA + CP + OBS."""
-    W, X, H = _layer(seed)
+    W, X, H = make_layer_problem(seed)
     score = pruning_score_reference(W, X.norm(dim=0), "ria")
     perm = channel_permutation(score, 2, 4).perm
     mask = torch.empty_like(score, dtype=torch.bool)
@@ -70,7 +62,7 @@ def test_output_error_alps_cp_le_ls_refit_le_obs(seed):
 
 
 def test_shared_hessian_equals_own():
-    W, X, H = _layer(4)
+    W, X, H = make_layer_problem(4)
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(1))
     hs = prepare_hessian(H, perm=perm)
     assert isinstance(hs, AlpsHessian) and torch.allclose(torch.diagonal(hs.hn), torch.ones(64))
@@ -94,7 +86,7 @@ def test_projection_matches_topk_with_ties(pattern, k):
 
 
 def test_bad_inputs():
-    W, _, H = _layer()
+    W, _, H = make_layer_problem()
     with pytest.raises(RiaInputError, match="hessian must have shape"):
         alps_prune(W, H[:8, :8], "2:4")
     with pytest.raises(RiaInputError, match="not divisible by M=3"):

@@ -6,14 +6,11 @@ from ria_kernels.ops.nm_mask import nm_mask_reference, unstructured_mask_referen
 from ria_kernels.ops.ria_score import pruning_score_reference
 from ria_kernels.refit import damped_hessian, ls_refit, ls_refit_reference, masked_pcg, output_error
 from ria_kernels.sparsegpt import sparsegpt_prune
+from conftest import make_layer_problem
 
 
-def _layer(seed=0, out=40, inp=64, tokens=512):
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(inp, inp, generator=g) / inp ** 0.5 + torch.eye(inp)
-    X = torch.randn(tokens, inp, generator=g) @ mix * (torch.rand(inp, generator=g) * 3 + 0.1)  # correlated inputs
-    W = torch.randn(out, inp, generator=g)
-    return W, X, X.T @ X
+def _layer40(seed=0):
+    return make_layer_problem(seed, out=40)
 
 
 def _mask(W, X, sparsity, method="ria"):
@@ -24,7 +21,7 @@ def _mask(W, X, sparsity, method="ria"):
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("sparsity", ["2:4", 0.5, 0.7])
 def test_pcg_equals_exact_least_squares_float64(seed, sparsity):
-    W, X, H = _layer(seed)
+    W, X, H = _layer40(seed)
     mask = _mask(W, X, sparsity)
     ref = ls_refit_reference(W, H, mask)
     Hd = damped_hessian(H.double())
@@ -36,7 +33,7 @@ def test_pcg_equals_exact_least_squares_float64(seed, sparsity):
 
 @pytest.mark.parametrize("sparsity", ["2:4", 0.5])
 def test_ls_refit_float32_default_iterations_near_exact(sparsity):
-    W, X, H = _layer(1)
+    W, X, H = _layer40(1)
     mask = _mask(W, X, sparsity)
     ref = ls_refit_reference(W, H, mask)
     got, info = ls_refit(W, H, mask, maxiter=60)
@@ -54,7 +51,7 @@ def test_ls_refit_float32_default_iterations_near_exact(sparsity):
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "ria"])
 def test_ls_refit_never_worse_than_obs_on_the_same_mask(sparsity, method):
     for seed in range(3):
-        W, X, H = _layer(seed)
+        W, X, H = _layer40(seed)
         mask = _mask(W, X, sparsity, method)
         obs, _ = sparsegpt_prune(W, H, sparsity, mask=mask)
         ls, _ = ls_refit(W, H, mask)
@@ -63,7 +60,7 @@ def test_ls_refit_never_worse_than_obs_on_the_same_mask(sparsity, method):
 
 
 def test_dead_inputs_and_empty_rows():
-    W, X, H = _layer(2)
+    W, X, H = _layer40(2)
     X[:, :4] = 0
     H = X.T @ X
     mask = _mask(W, X, 0.5)
@@ -74,14 +71,14 @@ def test_dead_inputs_and_empty_rows():
 
 
 def test_output_error_definition():
-    W, X, H = _layer(3)
+    W, X, H = _layer40(3)
     Wp = W * _mask(W, X, 0.5)
     expect = float(((X @ (Wp - W).T) ** 2).sum() / ((X @ W.T) ** 2).sum())
     assert output_error(Wp, W, H) == pytest.approx(expect, rel=1e-4)
 
 
 def test_bad_inputs():
-    W, X, H = _layer()
+    W, X, H = _layer40()
     mask = _mask(W, X, 0.5)
     with pytest.raises(RiaInputError, match="hessian must have shape"):
         ls_refit(W, H[:8, :8], mask)

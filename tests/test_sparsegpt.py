@@ -5,15 +5,7 @@ from ria_kernels import RiaInputError, prune_model
 from ria_kernels.ops.nm_mask import nm_mask_reference, unstructured_mask_reference
 from ria_kernels.ops.ria_score import pruning_score_reference
 from ria_kernels.sparsegpt import sparsegpt_prune
-from conftest import make_calibration, make_tiny_model
-
-
-def _layer(seed=0, out=48, inp=64, tokens=512):
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(inp, inp, generator=g) / inp ** 0.5 + torch.eye(inp)
-    X = torch.randn(tokens, inp, generator=g) @ mix * (torch.rand(inp, generator=g) * 3 + 0.1)  # correlated inputs
-    W = torch.randn(out, inp, generator=g)
-    return W, X, X.T @ X
+from conftest import make_calibration, make_layer_problem, make_tiny_model
 
 
 def _err(W, Wh, X):
@@ -22,7 +14,7 @@ def _err(W, Wh, X):
 
 @pytest.mark.parametrize("sparsity", [0.5, "2:4"])
 def test_sparsegpt_beats_magnitude_and_wanda(sparsity):
-    W, X, H = _layer()
+    W, X, H = make_layer_problem()
     new_w, keep = sparsegpt_prune(W, H, sparsity)
     e_sgpt = _err(W, new_w, X)
     for method in ("magnitude", "wanda"):
@@ -39,7 +31,7 @@ def test_sparsegpt_beats_magnitude_and_wanda(sparsity):
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "ria"])
 def test_reconstruction_with_fixed_mask_never_worse(sparsity, method):
     for seed in range(3):
-        W, X, H = _layer(seed)
+        W, X, H = make_layer_problem(seed)
         score = pruning_score_reference(W, X.norm(dim=0), method)
         mask = nm_mask_reference(score, 2, 4) if sparsity == "2:4" else unstructured_mask_reference(score, sparsity)
         rec, keep = sparsegpt_prune(W, H, sparsity, mask=mask)
@@ -49,7 +41,7 @@ def test_reconstruction_with_fixed_mask_never_worse(sparsity, method):
 
 
 def test_bad_inputs():
-    W, _, H = _layer()
+    W, _, H = make_layer_problem()
     with pytest.raises(RiaInputError, match="hessian must have shape"):
         sparsegpt_prune(W, H[:10, :10], 0.5)
     with pytest.raises(RiaInputError, match="not divisible by M=3"):
@@ -71,7 +63,7 @@ def test_pipeline_end_to_end(kwargs):
 
 @pytest.mark.parametrize("sparsity", ["2:4", 0.5])
 def test_permuted_with_identity_equals_unpermuted(sparsity):
-    W, _, H = _layer(1)
+    W, _, H = make_layer_problem(1)
     plain = sparsegpt_prune(W, H, sparsity)
     ident = sparsegpt_prune(W, H, sparsity, perm=torch.arange(W.shape[1]))
     assert torch.equal(plain[1], ident[1])
@@ -79,7 +71,7 @@ def test_permuted_with_identity_equals_unpermuted(sparsity):
 
 
 def test_permuted_pattern_holds_on_permuted_columns():
-    W, X, H = _layer(2)
+    W, X, H = make_layer_problem(2)
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
     new_w, keep = sparsegpt_prune(W, H, "2:4", perm=perm)
     assert bool((keep[:, perm].reshape(48, -1, 4).sum(-1) == 2).all())
