@@ -667,7 +667,7 @@ def test_issue25_memory_estimate_over_the_machine_is_one_error(tiny_checkpoint, 
 
 
 def test_issue25_memory_estimate_matches_measured_rss(tmp_path):
-    """Item 1's acceptance: the estimate against a run whose peak RSS (ru_maxrss of a subprocess) is
+    """Item 1's acceptance: the estimate against a run whose peak RSS (VmHWM of a subprocess) is
     measured. Two runs differ only in --nsamples; the RSS they add must be what the estimate adds
     (never more: the guard must not let a run through that cannot fit; not less than half)."""
     import re
@@ -679,17 +679,28 @@ def test_issue25_memory_estimate_matches_measured_rss(tmp_path):
                                  max_position_embeddings=256)).save_pretrained(model_dir)
     make_tiny_tokenizer(model_dir)
     (tmp_path / "calib.txt").write_text(make_text(70_000, seed=1))
-    probe = ("import resource, sys\nfrom ria_kernels.cli import main\nrc = main(sys.argv[1:])\n"
-             "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)\n"
-             "sys.exit(rc)\n")
+    # The run's own peak: VmHWM after main() minus VmRSS once torch / transformers are imported, with
+    # the peak reset there (/proc/self/clear_refs 5), so import-time spikes and the interpreter's
+    # baseline (ru_maxrss of the whole process varied 135-453 MB for the same runs) do not enter;
+    # the median of three runs per size absorbs the allocator's run-to-run spread.
+    probe = ("import re, sys\nimport torch, transformers\nfrom transformers import LlamaForCausalLM\n"
+             "from ria_kernels.cli import main\n"
+             "def kb(k): return int(re.search(k + r':\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
+             "open('/proc/self/clear_refs', 'w').write('5')\nbase = kb('VmRSS')\nrc = main(sys.argv[1:])\n"
+             "print('GREW', (kb('VmHWM') - base) * 1024, file=sys.stderr)\nsys.exit(rc)\n")
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
     measured, estimated = {}, {}
     for n in (16, 512):
-        p = subprocess.run([sys.executable, "-c", probe, "--model", str(model_dir), "--calib-text",
-                            str(tmp_path / "calib.txt"), "--no-eval", "--nsamples", str(n), "--seqlen", "128",
-                            "--method", "wanda", "--device", "cpu", "-v"], capture_output=True, text=True,
-                           env=_env(OMP_NUM_THREADS="1"), cwd=REPO, timeout=600)
-        assert p.returncode == 0, p.stderr
-        measured[n] = int(re.search(r"MAXRSS (\d+)", p.stderr).group(1))
+        runs = []
+        for _ in range(3):
+            p = subprocess.run([sys.executable, "-c", probe, "--model", str(model_dir), "--calib-text",
+                                str(tmp_path / "calib.txt"), "--no-eval", "--nsamples", str(n), "--seqlen", "128",
+                                "--method", "wanda", "--device", "cpu", "-v"], capture_output=True, text=True,
+                               env=_env(OMP_NUM_THREADS="1"), cwd=REPO, timeout=600)
+            assert p.returncode == 0, p.stderr
+            runs.append(int(re.search(r"GREW (\d+)", p.stderr).group(1)))
+        measured[n] = sorted(runs)[1]
         parts = re.search(r"memory estimate \(bytes\): (\{.*?\});", p.stderr).group(1)
         estimated[n] = sum(json.loads(parts.replace("'", '"')).values())
     grew, predicted = measured[512] - measured[16], estimated[512] - estimated[16]
