@@ -64,6 +64,17 @@ def save_tokenizer(tok, out_dir: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def llama_config(tok, args):
+    """The LLaMA config both training scripts build from their size flags (tied embeddings, RoPE 1e4,
+    512 positions, the tokenizer's BOS/EOS)."""
+    from transformers import LlamaConfig
+    return LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
+                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                       num_key_value_heads=args.kv_heads, max_position_embeddings=512, rope_theta=10000.0,
+                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=None)
+
+
 def train_lm(model, train_ids: torch.Tensor, args, *, mininterval: float) -> tuple[int, float, float, bool, float]:
     """AdamW (decay on matrices only, betas 0.9/0.95), warmup + cosine lr (``lr_at``), random windows
     of ``args.seqlen`` tokens, gradient clip 1.0, stop at ``args.steps`` or ``args.max_minutes``.
@@ -162,7 +173,7 @@ def join_pages(pages: list[tuple[str, str]], max_chars: int) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
     from ria_kernels.calibration import tokenize_text
@@ -191,12 +202,7 @@ def main(argv=None) -> int:
     print(f"tokenizer: vocab {len(tok)}; train tokens {train_ids.numel():,}, eval tokens {eval_ids.numel():,}",
           flush=True)
 
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                      num_key_value_heads=args.kv_heads, max_position_embeddings=512, rope_theta=10000.0,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=None)
-    model = LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(llama_config(tok, args))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: LLaMA {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
           f"heads {args.heads} / kv {args.kv_heads}, {n_params / 1e6:.2f}M parameters", flush=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import sys
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from train_embedded import save_tokenizer, train_lm, train_tokenizer, unigram_ppl  # noqa: E402
+from train_embedded import llama_config, save_tokenizer, train_lm, train_tokenizer, unigram_ppl  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "assets" / "wikitext_llama"
 
@@ -57,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
     from ria_kernels.calibration import tokenize_text
@@ -72,12 +71,7 @@ def main(argv=None) -> int:
     tok = train_tokenizer(pages, args.vocab)
     train_ids = tokenize_text(tok, train_text)
     print(f"tokenizer vocab {len(tok)}; train tokens {train_ids.numel():,}", flush=True)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                      num_key_value_heads=args.kv_heads, max_position_embeddings=512, rope_theta=10000.0,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=None)
-    model = LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(llama_config(tok, args))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters", flush=True)
     steps_done, last_loss, loss_ema, stopped_early, train_s = train_lm(model, train_ids, args, mininterval=5.0)

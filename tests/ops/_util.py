@@ -126,3 +126,19 @@ def huge_row_view(cols: int, seed: int = 0, dtype=torch.float16) -> torch.Tensor
     vals = torch.randn(rows, cols, generator=g)
     view.copy_((vals + vals.sign() * 0.1).to(dtype))  # |value| >= 0.1: a zero read shows
     return view
+
+
+def nm_topk_guarded(s: torch.Tensor, n: int, m: int):
+    """``_nm_topk_triton(s, n, m)`` into guarded outputs: asserts nothing was written outside them, that
+    they are the buffers returned, and that the mask matches ``nm_topk_blocks_reference`` on every
+    element. Returns ``(mask, sums, ref_sums)`` for the caller's own checks."""
+    from ria_kernels.ops.nm_mask import _nm_topk_triton, nm_topk_blocks_reference
+    r, c = s.shape
+    (mask_out, check_mask), (sums_out, check_sums) = guarded((r, c), torch.bool), guarded((r, c // m), torch.float32)
+    mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
+    check_mask()
+    check_sums()  # no store past the (small) sums buffer
+    assert mask.data_ptr() == mask_out.data_ptr() and sums.data_ptr() == sums_out.data_ptr()
+    ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
+    assert_mask_written(mask, ref_mask)
+    return mask, sums, ref_sums

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from ria_kernels import RiaInputError
-from ria_kernels.ops.nm_mask import (_nm_topk_triton, kth_smallest, nm_mask, nm_mask_reference, nm_topk_blocks,
+from ria_kernels.ops.nm_mask import (kth_smallest, nm_mask, nm_mask_reference, nm_topk_blocks,
                                      nm_topk_blocks_reference, threshold_mask, unstructured_mask,
                                      unstructured_mask_reference)
-from ._util import DEVICE, DTYPES, TOL, assert_mask_written, guarded, huge_row_view, needs_triton, poisoned, rand
+from ._util import DEVICE, DTYPES, TOL, huge_row_view, needs_triton, nm_topk_guarded, rand
 
 # M = 2..16 incl. non-powers of two (3, 6, 12: padded lanes), and 32 (the max we test)
 NM = [(2, 4), (1, 4), (3, 4), (4, 8), (2, 8), (5, 16), (1, 2), (1, 3), (2, 6), (6, 12), (16, 32)]
@@ -18,13 +18,7 @@ def test_nm_topk_kernel_exact(rows, n, m, k):
     s = rand(rows, m * k, seed=rows * 31 + m * 7 + k)
     s[0, :m] = 0.5  # a fully tied group: lower column index must win
     s[rows // 2] = 0  # an all-zero row (every group fully tied)
-    (mask_out, check_mask), (sums_out, check_sums) = guarded((rows, m * k), torch.bool), guarded((rows, k), torch.float32)
-    mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
-    check_mask()
-    check_sums()  # no store past the (small) sums buffer
-    assert mask.data_ptr() == mask_out.data_ptr() and sums.data_ptr() == sums_out.data_ptr()
-    ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
-    assert_mask_written(mask, ref_mask)
+    mask, sums, ref_sums = nm_topk_guarded(s, n, m)
     assert bool((mask.reshape(rows, k, m).sum(-1) == m - n).all())
     assert bool(mask[0, : m - n].all()) and not bool(mask[0, m - n:m].any())
     rtol, atol = TOL["block_sum"][torch.float32]
@@ -163,12 +157,7 @@ def test_nan_inf_scores_keep_exactly_m_minus_n(n, m):
     s[4, 2 * m] = float("nan")
     s[4, 2 * m + 1] = float("inf")
     s[5, :] = torch.where(torch.arange(4 * m) % 2 == 0, -0.0, 0.0)  # -0.0 == +0.0: lower index wins
-    (mask_out, check_mask), (sums_out, check_sums) = guarded((7, 4 * m), torch.bool), guarded((7, 4), torch.float32)
-    mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
-    check_mask()
-    check_sums()
-    ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
-    assert_mask_written(mask, ref_mask)
+    mask, sums, ref_sums = nm_topk_guarded(s, n, m)
     assert bool((mask.reshape(7, 4, m).sum(-1) == m - n).all())
     assert bool(mask[0, : m - n].all()) and not bool(mask[0, m - n:m].any())
     assert not bool(mask[1, 1])
@@ -217,13 +206,7 @@ def test_nm_grid_covers_every_group(r, n, m, groups):
     """M not a power of two and G * MP > 256 (1x153 at 1:9): the grid must count groups
     (BLOCK_W // MP per program), not BLOCK_W columns, or the last groups are never written."""
     s = rand(r, m * groups, seed=m * groups)
-    mask_out, check_mask = guarded(s.shape, torch.bool)
-    sums_out, check_sums = guarded((r, groups), torch.float32)
-    mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
-    check_mask()
-    check_sums()
-    ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
-    assert_mask_written(mask, ref_mask)
+    mask, sums, ref_sums = nm_topk_guarded(s, n, m)
     torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=1e-6)
 
 

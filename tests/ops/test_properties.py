@@ -16,14 +16,13 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, note  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ria_kernels.ops.nm_mask import (_nm_topk_triton, nm_mask, nm_mask_reference, nm_topk_blocks_reference,  # noqa: E402
-                                     unstructured_mask, unstructured_mask_reference)
+from ria_kernels.ops.nm_mask import nm_mask, nm_mask_reference, unstructured_mask, unstructured_mask_reference  # noqa: E402
 from ria_kernels.ops.prune_fused import fused_prune, fused_prune_reference  # noqa: E402
 from ria_kernels.ops.ria_score import METHODS, _pruning_score_triton, pruning_score_reference  # noqa: E402
 from ria_kernels.ops.rms_norm import permuted_rms_norm, permuted_rms_norm_reference  # noqa: E402
 from ria_kernels.permutation import _lsa_gain_triton, lsa_gain_reference  # noqa: E402
 
-from ._util import DEVICE, DTYPES, TOL, assert_mask_written, guarded, needs_triton, sm_count  # noqa: E402
+from ._util import DEVICE, DTYPES, TOL, assert_mask_written, guarded, needs_triton, nm_topk_guarded, sm_count  # noqa: E402
 
 pytestmark = needs_triton
 
@@ -92,13 +91,7 @@ def test_pruning_score(data, r, c, dtype, method, a, sms):
 def test_nm_topk(data, r, g, nm, dtype):
     n, m = nm
     s = data.draw(matrices(r, g * m, dtype))
-    mask_out, check_mask = guarded((r, g * m), torch.bool)
-    sums_out, check_sums = guarded((r, g), torch.float32)
-    mask, sums = _nm_topk_triton(s, n, m, mask_out=mask_out, sums_out=sums_out)
-    check_mask()
-    check_sums()
-    ref_mask, ref_sums = nm_topk_blocks_reference(s, n, m)
-    assert_mask_written(mask, ref_mask)
+    mask, sums, ref_sums = nm_topk_guarded(s, n, m)
     assert bool((mask.reshape(r, g, m).sum(-1) == m - n).all())
     rtol, atol = TOL["block_sum"][dtype]
     torch.testing.assert_close(sums, ref_sums, rtol=rtol, atol=atol, equal_nan=True)
