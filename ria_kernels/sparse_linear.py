@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._device import capturing as _capturing  # the package's one capture query (tests patch it here)
 from ._errors import BackendUnavailableError, RiaInputError
 from ._io import ENV_CACHE_DIR, atomic_write_text, cache_dir
 from ._logging import log_once, logger
@@ -441,10 +442,6 @@ def _time_ms(fn: Callable[[], object], *, flush: Callable[[], object], target_ms
 
 def _autotune_enabled() -> bool:
     return os.environ.get(ENV_AUTOTUNE, "1") != "0"
-
-
-def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _cslt_matmul(x2: torch.Tensor, compressed: torch.Tensor, out_features: int, bias: torch.Tensor | None,

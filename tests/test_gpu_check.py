@@ -23,6 +23,7 @@ plumbing, not the GPU work."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import os
 import re
@@ -44,6 +45,16 @@ PATH_PYTHON_MARK = "PATH-PYTHON3-WAS-USED"
 ENV_FIELDS = ("gpu", "driver", "arch", "nvcc", "CUDA_HOME", "torch", "cuda", "triton", "cusparselt_header",
               "torch_cusparselt", "cusparse.h", "cutlass", "ninja", "transformers", "tokenizers", "scipy",
               "safetensors", "hypothesis", "matplotlib")
+
+
+def _benchmark_module(name: str):
+    """Import ``benchmarks/<name>.py`` (the benchmarks folder is not a package)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
 
 # Dry-run problems caused by files other issues add (they are not on this branch yet). A slice whose
 # problems are all listed here is an expected failure; anything else fails the test. At merge, remove
@@ -418,12 +429,7 @@ def test_prepare_gpu_carry_skips_when_the_registry_is_unreachable(tmp_path):
 # ---- the environment probe's checks, in process
 @pytest.fixture()
 def gpu_env():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_env as mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return mod
+    return _benchmark_module("gpu_env")
 
 
 def test_env_probe_refuses_a_wrong_major(gpu_env, monkeypatch):
@@ -457,11 +463,7 @@ def test_env_probe_needs_hypothesis_only_where_the_tests_import_it(gpu_env, tmp_
 
 # ---- warm_jit: the warm-up's own pieces (the GPU run compiles; here the cases run in the interpreter)
 def test_warm_jit_cases_and_summary(monkeypatch):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import warm_jit
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    warm_jit = _benchmark_module("warm_jit")
     for slice_ in ("kernels", "extension", "e2e"):
         labels = [label for label, _ in warm_jit.collect_cases(slice_)]
         assert labels and len(labels) == len(set(labels))
@@ -500,12 +502,7 @@ def test_warm_jit_worker_round_trip_in_the_interpreter():
 # ---- bench_modules: torch's own 2:4 baselines may raise on the GPU (item 1 of the pre-flight issue)
 @pytest.fixture(scope="module")
 def bench_modules():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_modules as mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return mod
+    return _benchmark_module("bench_modules")
 
 
 def test_torch_baseline_that_raises_is_skipped_with_its_reason(bench_modules):
