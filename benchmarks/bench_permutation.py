@@ -19,6 +19,16 @@ on a 2-core CPU; (GPU) 8192² 2:4 <= 2 s.
 
     python benchmarks/bench_permutation.py --out benchmarks/results            # CPU or GPU, defaults
     python benchmarks/bench_permutation.py --dry-run                           # print the plan only
+
+Real shapes (issue #26): ``--shapes llama2-7b`` runs one decoder layer's 4 CP problems with their
+real [rows, cols] (qkv: q, k, v rows concatenated over the shared input; o; gate+up; down; see
+``MODEL_LAYERS``), ``--shapes 4096x11008`` an explicit shape; same ``make_score`` generator
+(rectangular, seeded by the shape), ria_kernels rows only, ``--blocks`` / ``--max-rounds`` passed
+to ``channel_permutation``, ``os.getloadavg()`` before/after each row. ``--estimate``: per model,
+the measured layer time x its decoder layers (32 / 40 / 80), printed and written to the JSON.
+The native gain kernel runs on ``torch.get_num_threads()`` threads: set ``OMP_NUM_THREADS``.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_permutation.py --shapes llama2-7b --patterns 2:4 --estimate
 """
 from __future__ import annotations
 
