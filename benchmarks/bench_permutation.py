@@ -317,7 +317,8 @@ def main() -> int:
     if args.shapes:
         extra["shapes"] = args.shapes
         extra["score_matrix"] = "make_score: rand(rows, cols) * rand(cols)**3, seeded by the shape"
-        extra["threads"] = torch.get_num_threads()
+        extra["threads"] = torch.get_num_threads()   # the native gain kernel's worker count
+        extra["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
         if args.estimate:
             extra["estimate"] = layer_estimate(rows)
             for e in extra["estimate"]:
