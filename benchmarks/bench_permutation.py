@@ -19,6 +19,16 @@ on a 2-core CPU; (GPU) 8192² 2:4 <= 2 s.
 
     python benchmarks/bench_permutation.py --out benchmarks/results            # CPU or GPU, defaults
     python benchmarks/bench_permutation.py --dry-run                           # print the plan only
+
+Real shapes (issue #26): ``--shapes llama2-7b`` runs one decoder layer's 4 CP problems with their
+real [rows, cols] (qkv: q, k, v rows concatenated over the shared input; o; gate+up; down; see
+``MODEL_LAYERS``), ``--shapes 4096x11008`` an explicit shape; same ``make_score`` generator
+(rectangular, seeded by the shape), ria_kernels rows only, ``--blocks`` / ``--max-rounds`` passed
+to ``channel_permutation``, ``os.getloadavg()`` before/after each row. ``--estimate``: per model,
+the measured layer time x its decoder layers (32 / 40 / 80), printed and written to the JSON.
+The native gain kernel runs on ``torch.get_num_threads()`` threads: set ``OMP_NUM_THREADS``.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_permutation.py --shapes llama2-7b --patterns 2:4 --estimate
 """
 from __future__ import annotations
 
@@ -43,10 +53,75 @@ OFFICIAL_MAX = {"cuda": 8192, "cpu": 1024}   # the official loop took 15 s at 10
 TARGETS_S = {"cpu": {(4096, "2:4"): 5.0, (8192, "2:4"): 30.0}, "cuda": {(8192, "2:4"): 2.0}}
 
 
-def make_score(size: int, device: str) -> torch.Tensor:
-    g = torch.Generator().manual_seed(size)
-    score = torch.rand(size, size, generator=g) * torch.rand(size, generator=g) ** 3
+def make_score(size: int, device: str, cols: int | None = None) -> torch.Tensor:
+    """Heavy-tailed synthetic RIA-like score ``rand(rows, cols) * rand(cols)**3``: uniform per-weight
+    magnitudes times a cubed per-input-channel activation norm, so a few channels dominate (as RIA's
+    ``|W| * ||X||^a`` does). ``size`` rows; ``cols`` columns (default: square). Seeded by the shape
+    (square: by ``size`` alone, so the square rows' matrices are unchanged)."""
+    cols = size if cols is None else cols
+    g = torch.Generator().manual_seed(size if cols == size else size * 1_000_003 + cols)
+    score = torch.rand(size, cols, generator=g) * torch.rand(cols, generator=g) ** 3
     return score.to(device)
+
+
+# A decoder layer's channel-permutation problems: the linears sharing one input are permuted together,
+# so their score rows are concatenated (score [sum of out_features, in_features]).
+MODEL_LAYERS = {  # name: (hidden, intermediate, q rows, k/v rows each, decoder layers)
+    "llama2-7b": (4096, 11008, 4096, 4096, 32),
+    "llama2-13b": (5120, 13824, 5120, 5120, 40),
+    "llama2-70b": (8192, 28672, 8192, 1024, 80),   # GQA: 8 KV heads of 128
+}
+
+
+def layer_problems(model: str) -> list[tuple[str, int, int]]:
+    """The layer's CP problems as (problem, rows, cols): qkv, o, gate+up, down."""
+    h, inter, q, kv, _ = MODEL_LAYERS[model]
+    return [("qkv", q + 2 * kv, h), ("o", h, q), ("gateup", 2 * inter, h), ("down", h, inter)]
+
+
+def parse_shapes(spec: str) -> list[dict]:
+    """``--shapes``: comma list of model names (``MODEL_LAYERS``, one layer's 4 problems) and
+    explicit ``RxC`` shapes; returns [{"model", "problem", "rows", "cols"}] in order."""
+    out = []
+    for item in (x.strip().lower() for x in spec.split(",")):
+        if not item:
+            continue
+        if item in MODEL_LAYERS:
+            out += [{"model": item, "problem": name, "rows": r, "cols": c} for name, r, c in layer_problems(item)]
+            continue
+        parts = item.split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"--shapes: {item!r} is neither a model ({', '.join(MODEL_LAYERS)}) nor RxC")
+        out.append({"model": None, "problem": item, "rows": int(parts[0]), "cols": int(parts[1])})
+    return out
+
+
+def shapes_plan(shapes: list[dict], patterns: list[tuple[int, int]], solvers: list[str]) -> list[dict]:
+    """One ria_kernels case per shape x pattern x solver (no official rows at these sizes)."""
+    return [dict(sh, pattern=f"{n}:{m}", method="ria_kernels", solver=solver)
+            for sh in shapes for n, m in patterns for solver in solvers]
+
+
+def layer_estimate(rows: list[dict]) -> list[dict]:
+    """Whole-model estimate per (model, pattern, solver, blocks, max_rounds): the measured layer time
+    (sum of its problems' ``time_s``) x the model's decoder layers. Only layers with all 4 problems
+    measured get an estimate; a capped run (max_rounds) is marked as such."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("model") in MODEL_LAYERS and "time_s" in r:
+            key = (r["model"], r["pattern"], r["solver"], r.get("blocks", 1), r.get("max_rounds"))
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (model, pat, solver, blocks, max_rounds), rs in groups.items():
+        if {r["problem"] for r in rs} != {name for name, _, _ in layer_problems(model)}:
+            continue
+        layers = MODEL_LAYERS[model][4]
+        layer_s = sum(r["time_s"] for r in rs)
+        out.append({"model": model, "pattern": pat, "solver": solver, "blocks": blocks, "max_rounds": max_rounds,
+                    "layer_s": layer_s, "layers": layers, "model_s": layer_s * layers,
+                    "model_min": layer_s * layers / 60,
+                    "per_problem_s": {r["problem"]: r["time_s"] for r in rs}})
+    return out
 
 
 def official_search(score: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, float]:
@@ -127,6 +202,13 @@ def main() -> int:
                     help="largest size the official algorithm is timed at (default: GPU 8192, CPU 1024)")
     ap.add_argument("--no-acceptance", action="store_true", help="skip the acceptance rows (CPU: 8192² 2:4)")
     ap.add_argument("--name", default=None, help="result file stem (default permutation_<device>)")
+    ap.add_argument("--shapes", default=None,
+                    help="comma list of model layers (llama2-7b, llama2-13b, llama2-70b: the layer's qkv/o/gateup/down "
+                         "problems with their real [rows, cols]) and RxC shapes; replaces --sizes, no official rows")
+    ap.add_argument("--blocks", type=int, default=1, help="channel_permutation blocks (communities)")
+    ap.add_argument("--max-rounds", type=int, default=None, help="cap the LSA rounds (default: all M)")
+    ap.add_argument("--estimate", action="store_true",
+                    help="with --shapes: print and record layer time x decoder layers per measured model")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     args = ap.parse_args()
     device = args.device
@@ -138,11 +220,22 @@ def main() -> int:
     patterns = [tuple(int(v) for v in p.split(":")) for p in args.patterns.split(",") if p.strip()]
     solvers = [s.strip().lower() for s in args.solvers.split(",") if s.strip()]
     official_max = OFFICIAL_MAX[device] if args.official_max is None else args.official_max
-    cases = plan(device, sizes, patterns, solvers, official_max, not args.no_acceptance)
-    name = args.name or f"permutation_{device}"
+    if args.shapes:
+        try:
+            cases = shapes_plan(parse_shapes(args.shapes), patterns, solvers)
+        except ValueError as e:
+            ap.error(str(e))
+        for c in cases:
+            c.update(blocks=args.blocks, max_rounds=args.max_rounds)
+    else:
+        cases = plan(device, sizes, patterns, solvers, official_max, not args.no_acceptance)
+    name = args.name or f"permutation_{device}" + ("_shapes" if args.shapes else "")
     print(f"bench_permutation: device={device}, {len(cases)} cases -> {Path(args.out) / (name + '.json')}")
     for c in cases:
-        print(f"  {c['size']:>5}² {c['pattern']}  {c['method']:<26} solver={c['solver']} {c.get('note', '')}")
+        shape = f"{c['rows']}x{c['cols']} {c['model'] or ''} {c['problem']}" if "rows" in c else f"{c['size']:>5}²"
+        print(f"  {shape} {c['pattern']}  {c['method']:<26} solver={c['solver']} {c.get('note', '')}")
+    if args.estimate and not args.shapes:
+        ap.error("--estimate needs --shapes with a model layer")
     if args.dry_run:
         return 0
     if device == "cuda" and not torch.cuda.is_available():
@@ -175,20 +268,22 @@ def main() -> int:
     _sync(device)
     extra["warmup_s"] = time.perf_counter() - t0
     rows = []
-    scores: dict[int, torch.Tensor] = {}
+    scores: dict[tuple[int, int], torch.Tensor] = {}
     for case in cases:
-        size, pat = case["size"], case["pattern"]
+        shape = (case["rows"], case["cols"]) if "rows" in case else (case["size"], case["size"])
+        size, pat = case.get("size"), case["pattern"]
         n, m = (int(v) for v in pat.split(":"))
-        if size not in scores:
+        if shape not in scores:
             scores.clear()
-            scores[size] = make_score(size, device)
-        score = scores[size]
-        row = dict(case, paper_a100_s=PAPER_A100_S.get(size) if pat == "2:4" else None,
-                   load_before=machine().get("loadavg", ["?"])[0])
+            scores[shape] = make_score(shape[0], device, cols=shape[1])
+        score = scores[shape]
+        row = dict(case, paper_a100_s=PAPER_A100_S.get(size) if pat == "2:4" and size else None,
+                   load_before=machine().get("loadavg", ["?"])[0], loadavg_before=list(os.getloadavg()))
         _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         if case["method"] == "ria_kernels":
-            res = P.channel_permutation(score, n, m, solver=case["solver"])
+            res = P.channel_permutation(score, n, m, solver=case["solver"], blocks=case.get("blocks", 1),
+                                        max_rounds=case.get("max_rounds"))
             _sync(device)
             row["time_s"] = time.perf_counter() - t0
             row["cpu_s"] = time.process_time() - c0   # process CPU seconds: the load-robust figure on a shared host
@@ -203,21 +298,38 @@ def main() -> int:
             row["cpu_s"] = time.process_time() - c0
             row["retained_identity"] = P.retained_score(score, n, m)
             row["retained_lsa"] = retained
+        row["loadavg_after"] = list(os.getloadavg())
         row["gain_pct"] = 100 * (row["retained_lsa"] - row["retained_identity"]) / row["retained_identity"]
-        target = TARGETS_S[device].get((size, pat)) if case["method"] == "ria_kernels" else None
+        target = TARGETS_S[device].get((size, pat)) if case["method"] == "ria_kernels" and size else None
         if target is not None:
             row["target_s"] = target
             row["verdict"] = "PASS" if row["time_s"] <= target else "FAIL"
         rows.append(row)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     for row in rows:  # same-matrix comparisons with the official algorithm
-        off = next((r for r in rows if r["size"] == row["size"] and r["pattern"] == row["pattern"]
+        off = next((r for r in rows if "size" in row and r.get("size") == row["size"] and r["pattern"] == row["pattern"]
                     and r["method"].startswith("official")), None)
         if off is not None and row["method"] == "ria_kernels":
             row["speedup_vs_official"] = off["time_s"] / row["time_s"]
             row["retained_vs_official"] = row["retained_lsa"] / off["retained_lsa"]
     extra["default_solver"] = resolve_solver(torch.empty(1, device=device))
     extra["machine_after"] = machine()
+    if args.shapes:
+        extra["shapes"] = args.shapes
+        extra["score_matrix"] = "make_score: rand(rows, cols) * rand(cols)**3, seeded by the shape"
+        extra["threads"] = torch.get_num_threads()   # the native gain kernel's worker count
+        extra["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
+        if args.estimate:
+            extra["estimate"] = layer_estimate(rows)
+            for e in extra["estimate"]:
+                cap = f", max_rounds={e['max_rounds']}" if e["max_rounds"] is not None else ""
+                print(f"ESTIMATE: {e['model']} {e['pattern']} solver={e['solver']} blocks={e['blocks']}{cap}: "
+                      f"layer {e['layer_s']:.1f} s x {e['layers']} layers = {e['model_min']:.1f} min "
+                      f"({', '.join(f'{k} {v:.1f} s' for k, v in e['per_problem_s'].items())})")
+        write_rows(args.out, name, rows, extra=extra)
+        print_table(rows, ["model", "problem", "rows", "cols", "pattern", "solver", "blocks", "time_s", "cpu_s",
+                           "allocation_s", "prepare_s", "gain_s", "lsa_s", "acceptance_s", "gain_pct"])
+        return 0
     write_rows(args.out, name, rows, extra=extra)
     _plot(rows, Path(args.out) / f"{name}.png", extra["machine"].get("gpu", extra["machine"].get("cpu", device)))
     print_table(rows, ["size", "pattern", "method", "solver", "gain_backend", "time_s", "cpu_s", "allocation_s", "prepare_s",
