@@ -220,6 +220,8 @@ def main() -> int:
     patterns = [tuple(int(v) for v in p.split(":")) for p in args.patterns.split(",") if p.strip()]
     solvers = [s.strip().lower() for s in args.solvers.split(",") if s.strip()]
     official_max = OFFICIAL_MAX[device] if args.official_max is None else args.official_max
+    if args.estimate and not args.shapes:
+        ap.error("--estimate needs --shapes with a model layer")
     if args.shapes:
         try:
             cases = shapes_plan(parse_shapes(args.shapes), patterns, solvers)
@@ -234,8 +236,6 @@ def main() -> int:
     for c in cases:
         shape = f"{c['rows']}x{c['cols']} {c['model'] or ''} {c['problem']}" if "rows" in c else f"{c['size']:>5}²"
         print(f"  {shape} {c['pattern']}  {c['method']:<26} solver={c['solver']} {c.get('note', '')}")
-    if args.estimate and not args.shapes:
-        ap.error("--estimate needs --shapes with a model layer")
     if args.dry_run:
         return 0
     if device == "cuda" and not torch.cuda.is_available():
