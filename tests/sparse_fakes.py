@@ -1,4 +1,4 @@
-"""Stand-ins for sparse tensor cores on a CPU machine (test seams of ria_kernels.sparse_linear).
+"""Stand-ins for sparse tensor cores on a CPU machine (test seams of ria_kernels.sparse_linear.module, where SparseLinear looks them up).
 
 FAKED here, and only here: which tensor-core backends "can run", the compressed copies they hold
 (uint8 / int16 zero buffers of the documented sizes) and cuSPARSELt's matmul (the float32 reference of
@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ria_kernels import sparse_linear as sl
+from ria_kernels.sparse_linear import module as sl_module
 from ria_kernels.ops.sparse_mm import sparse_mm_reference
 
 
@@ -48,15 +49,15 @@ class FakeTensorCores:
             self.cslt_calls.append((x2.shape[0], tuple(cfg)))
             return sparse_mm_reference(x2, self.dense_of[compressed.data_ptr()], bias).to(x2.dtype)
 
-        monkeypatch.setattr(sl, "backend_unavailable_reasons", reasons)
-        monkeypatch.setattr(sl, "_compress_for_backend", compress)
-        monkeypatch.setattr(sl, "_cslt_matmul", cslt_matmul)
+        monkeypatch.setattr(sl_module, "backend_unavailable_reasons", reasons)
+        monkeypatch.setattr(sl_module, "_compress_for_backend", compress)
+        monkeypatch.setattr(sl_module, "_cslt_matmul", cslt_matmul)
 
     def as_gpu(self, m, monkeypatch, table, capturing=False):
         """Make ``m`` look like a module on a GPU (device type, cache section); returns it."""
         monkeypatch.setattr(m, "_device_type", lambda: "cuda")
         m._section = "fake-gpu"
         m._memo.clear()
-        monkeypatch.setattr(sl, "_capturing", lambda device: capturing)
+        monkeypatch.setattr(sl_module, "_capturing", lambda device: capturing)
         sl.set_tune_table(table)
         return m

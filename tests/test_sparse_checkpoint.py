@@ -14,7 +14,7 @@ from torch import nn
 from conftest import make_calibration, make_tiny_model, make_tiny_tokenizer
 from ria_kernels import RiaInputError, SparseLinear, load_sparse, prune_model, save_sparse, to_sparse_inference
 from ria_kernels import sparse_checkpoint as sc
-from ria_kernels import sparse_linear as sl
+from ria_kernels.sparse_linear import module as sl  # where SparseLinear looks up compress_24
 from ria_kernels.inference import InputPermutedLinear, PermutedLayerNorm, PermutedRMSNorm
 
 ATOL = 1e-4  # fp32 logits vs the masked dense model, the bound

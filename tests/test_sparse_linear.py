@@ -4,6 +4,7 @@ kernel), CUDA-graph capture rules and the tuner's L2 flush (behind seams on the 
 and every backend on the GPU."""
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from ria_kernels import BackendUnavailableError, RiaInputError, SparseLinear
 from ria_kernels import sparse_linear as sl
+from ria_kernels.sparse_linear import backends as sl_backends, module as sl_module, tuning as sl_tuning
 from ria_kernels.ops import sparse_mm
 from ria_kernels.ops.sparse24_mm import compress_24, decompress_24
 from ria_kernels.ops.sparse_mm import sparse_mm_reference
@@ -376,9 +378,9 @@ def test_every_compression_gets_positive_zeros(monkeypatch, tmp_path):
             seen.append(("torch", w))
             return w
 
-    monkeypatch.setattr(sl, "_torch_semi_class", lambda dtype: FakeSemi)
+    monkeypatch.setattr(sl_backends, "_torch_semi_class", lambda dtype: FakeSemi)
     for backend in sl.TENSOR_CORE_BACKENDS:
-        sl._compress_for_backend(backend, lin.weight.detach())
+        sl_backends._compress_for_backend(backend, lin.weight.detach())
     sl.torch_semi_structured(lin.weight.detach())
     assert [name for name, _ in seen] == ["cslt", "cutlass", "torch", "torch"]
     for name, w in seen:
@@ -500,7 +502,7 @@ def test_capture_never_searches_and_uses_premade_plans(monkeypatch, tmp_path):
     monkeypatch.setattr(m, "_search_cslt", lambda *a: pytest.fail("searched inside a capture"))
     lin_ref = m.dense_weight()
     x = torch.randn(12, 64, dtype=torch.float16)
-    monkeypatch.setattr(sl, "_capturing", lambda device: True)
+    monkeypatch.setattr(sl_module, "_capturing", lambda device: True)
     # bucket 16 is tuned for cuSPARSELt but no plan was made for 12 tokens (padded 16): compact kernel
     assert m.backend_for(12) == "sparse24"
     assert m._memo[16] == ("cusparselt", (3, 1, 0))  # the tuned choice itself is kept for later
@@ -510,10 +512,10 @@ def test_capture_never_searches_and_uses_premade_plans(monkeypatch, tmp_path):
     # an untuned bucket under capture: the compact kernel, not memoised, nothing timed
     assert m.backend_for(100) == "sparse24" and 128 not in m._memo
     # eager warm-up at 12 tokens makes the plan; the capture then replays it
-    monkeypatch.setattr(sl, "_capturing", lambda device: False)
+    monkeypatch.setattr(sl_module, "_capturing", lambda device: False)
     m(x)
     assert fake.cslt_calls == [(12, (3, 1, 0))]
-    monkeypatch.setattr(sl, "_capturing", lambda device: True)
+    monkeypatch.setattr(sl_module, "_capturing", lambda device: True)
     assert m.backend_for(12) == "cusparselt" and m.backend_for(14) == "cusparselt"  # same padded count 16
     assert m.backend_for(9) == "cusparselt"
     assert m._plan_key(9, (3, 1, 0)) == m._plan_key(16, (3, 1, 0))
@@ -529,15 +531,15 @@ def test_capture_forced_cusparselt_refuses_without_plan(monkeypatch, tmp_path):
     with pytest.raises(BackendUnavailableError, match="no cuSPARSELt config was searched.*CUDA-graph capture"):
         m(torch.randn(4, 64, dtype=torch.float16))
     # searched eagerly, but no plan for this token count yet: still refused inside the capture
-    monkeypatch.setattr(sl, "_capturing", lambda device: False)
+    monkeypatch.setattr(sl_module, "_capturing", lambda device: False)
     monkeypatch.setattr(m, "_search_cslt", lambda t: (5, 1, 0))
     assert m.backend_for(4) == "cusparselt" and m._memo[4] == ("cusparselt", (5, 1, 0))
-    monkeypatch.setattr(sl, "_capturing", lambda device: True)
+    monkeypatch.setattr(sl_module, "_capturing", lambda device: True)
     with pytest.raises(BackendUnavailableError, match="no cuSPARSELt plan was made for 4 tokens"):
         m(torch.randn(4, 64, dtype=torch.float16))
-    monkeypatch.setattr(sl, "_capturing", lambda device: False)
+    monkeypatch.setattr(sl_module, "_capturing", lambda device: False)
     assert m.prepare_capture([4]) == {4: "cusparselt"}  # eager run at the exact count makes the plan
-    monkeypatch.setattr(sl, "_capturing", lambda device: True)
+    monkeypatch.setattr(sl_module, "_capturing", lambda device: True)
     m(torch.randn(4, 64, dtype=torch.float16))
     assert fake.cslt_calls == [(4, (5, 1, 0)), (4, (5, 1, 0))]
 
@@ -570,7 +572,7 @@ def test_time_ms_flushes_l2_before_every_timed_call():
         flushes.append(len(log))
         log.append("flush")
 
-    ms = sl._time_ms(fn, flush=flush, target_ms=0.0, min_reps=7, max_reps=7,
+    ms = sl_tuning._time_ms(fn, flush=flush, target_ms=0.0, min_reps=7, max_reps=7,
                      new_event=lambda: FakeEvent(log, {}), synchronize=lambda: log.append("sync"))
     timed = [i for i, e in enumerate(log) if e.startswith("fn")][2:]  # after warm-up and the estimate
     assert len(timed) == 7
@@ -580,11 +582,11 @@ def test_time_ms_flushes_l2_before_every_timed_call():
 
 
 def test_l2_flusher_buffer_exceeds_l2(monkeypatch):
-    monkeypatch.setattr(sl, "l2_cache_bytes", lambda device: 1 << 20)
-    monkeypatch.setattr(sl, "_FLUSH_BUFFERS", {})
+    monkeypatch.setattr(sl_tuning, "l2_cache_bytes", lambda device: 1 << 20)
+    monkeypatch.setattr(sl_tuning, "_FLUSH_BUFFERS", {})
     flush = sl.l2_flusher(torch.device("cpu"))
-    (buf,) = sl._FLUSH_BUFFERS.values()
-    assert buf.numel() * buf.element_size() == 2 << 20 > sl.l2_cache_bytes("cpu")
+    (buf,) = sl_tuning._FLUSH_BUFFERS.values()
+    assert buf.numel() * buf.element_size() == 2 << 20 > sl_tuning.l2_cache_bytes("cpu")
     buf.fill_(7)
     flush()  # writes the whole buffer
     assert int(buf.max()) == 0
@@ -596,7 +598,7 @@ def test_measure_times_every_candidate_with_the_flush(monkeypatch, tmp_path):
     m, _ = _fast_module(monkeypatch, table)
     monkeypatch.setattr(m, "_search_cslt", lambda t: (1, 1, 0))
     flush = object()
-    monkeypatch.setattr(sl, "l2_flusher", lambda device: flush)
+    monkeypatch.setattr(sl_module, "l2_flusher", lambda device: flush)
     seen = []
 
     def fake_time(fn, *, flush):
@@ -604,7 +606,7 @@ def test_measure_times_every_candidate_with_the_flush(monkeypatch, tmp_path):
         fn()  # runs the backend on the example (fake cuSPARSELt / compact reference)
         return {0: 0.5, 1: 1.0}[len(seen) - 1]
 
-    monkeypatch.setattr(sl, "_time_ms", fake_time)
+    monkeypatch.setattr(sl_module, "_time_ms", fake_time)
     entry = m._measure(8, ["cusparselt", "sparse24"])
     assert seen == [flush, flush]
     assert entry["ms"] == {"cusparselt": 0.5, "sparse24": 1.0} and entry["choice"] == "cusparselt"
@@ -782,15 +784,15 @@ def test_fast_mode_in_cuda_graph_untuned_bucket_runs_compact():
     lin, x = _gpu_case(8, torch.float16, True, seed=12)
     m = SparseLinear.from_linear(lin, memory="fast")
     new_x = torch.randn_like(x)
-    os_env = sl.os.environ.get(sl.ENV_AUTOTUNE)
-    sl.os.environ[sl.ENV_AUTOTUNE] = "0"
+    os_env = os.environ.get(sl.ENV_AUTOTUNE)
+    os.environ[sl.ENV_AUTOTUNE] = "0"
     try:
         static_y = cuda_graph_replay(m, x.clone(), new_x)
     finally:
         if os_env is None:
-            del sl.os.environ[sl.ENV_AUTOTUNE]
+            del os.environ[sl.ENV_AUTOTUNE]
         else:
-            sl.os.environ[sl.ENV_AUTOTUNE] = os_env
+            os.environ[sl.ENV_AUTOTUNE] = os_env
     assert m.backend_for(8) == "sparse24"
     assert_rel_close(static_y, sparse_mm_reference(new_x, lin.weight, lin.bias), torch.float16)
 

@@ -1,0 +1,203 @@
+"""The backends a :class:`SparseLinear` can run, what each needs, and the one dispatch point
+(:func:`choose_backend`) that picks one per call.
+
+Backends: ``sparse24`` (the compact-format kernel), ``cusparselt``, ``cutlass`` (sm90 wgmma kernel on
+Hopper, else sm80), ``torch_semi_structured`` (torch's own 2:4 tensor; forced only), ``dense``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from .._errors import BackendUnavailableError, RiaInputError
+from ..ops import sparse_mm
+from .format import SPARSE24_DTYPES, positive_zeros
+
+BACKENDS = ("sparse24", "cusparselt", "cutlass", "torch_semi_structured", "dense")
+# backends that need their own compressed copy of the weight (sparse tensor cores, CUDA only)
+TENSOR_CORE_BACKENDS = ("cusparselt", "cutlass", "torch_semi_structured")
+# fast mode's automatic candidates for its one tensor-core copy, in the order the copy is picked
+# before anything is timed (ours first: cached plans, fused epilogue). torch_semi_structured is
+# forced-only: it plans inside every call, so it cannot honour the CUDA-graph rules above.
+FAST_CANDIDATES = ("cusparselt", "cutlass")
+ENV_BACKEND = "RIA_KERNELS_SPARSE_BACKEND"
+# a tensor-core backend must beat the compact kernel by this fraction of its time to be chosen:
+# timing noise must not flip a bucket to a kernel that is in fact as slow or slower
+SPARSE_MARGIN = 0.03
+# (out_features, in_features) multiples each extension backend accepts for fp16/bf16; for
+# cutlass the sm80 kernel's, the loosest-to-state bound when the GPU's kernel is not known yet
+# (sparse_mm.CUTLASS_SHAPE_MULTIPLES per kernel; torch's own path: its
+# SparseSemiStructuredTensor*._DTYPE_SHAPE_CONSTRAINTS)
+SHAPE_MULTIPLES = {"cusparselt": (16, 16), "cutlass": sparse_mm.CUTLASS_SHAPE_MULTIPLES["sm80"]}
+# cuSPARSELt config used by a forced cusparselt under torch.compile tracing when no config was
+# searched for the bucket: algorithm 0, no split-K -- never triggers a search
+DEFAULT_CSLT_CONFIG = (0, 1, 0)
+# cuSPARSELt pads the token count to a multiple of this (csrc/cslt_matmul.cpp kDenseMultiple);
+# its plans are cached per padded count
+CSLT_TOKEN_MULTIPLE = 8
+
+
+# --------------------------------------------------------------------------- availability
+def requested_backend(backend: str | None = None) -> str | None:
+    """The forced backend: ``backend`` argument, else env ``RIA_KERNELS_SPARSE_BACKEND``,
+    else ``None`` (automatic). ``"auto"`` means automatic."""
+    source = "backend"
+    if backend is None:
+        backend = os.environ.get(ENV_BACKEND) or None
+        source = f"env {ENV_BACKEND}"
+    if backend is None:
+        return None
+    if not isinstance(backend, str):
+        raise RiaInputError(f"backend must be a string, one of {BACKENDS} or 'auto', got {backend!r}")
+    name = backend.strip().lower()
+    if name == "auto":
+        return None
+    if name not in BACKENDS:
+        raise RiaInputError(f"{source} must be one of {BACKENDS} or 'auto', got {backend!r}")
+    return name
+
+
+def _torch_semi_class(dtype: torch.dtype):
+    """The SparseSemiStructuredTensor subclass torch itself would pick now."""
+    from torch.sparse import SparseSemiStructuredTensor, SparseSemiStructuredTensorCUSPARSELT, \
+        SparseSemiStructuredTensorCUTLASS
+    use_cutlass = SparseSemiStructuredTensor._FORCE_CUTLASS or not torch.backends.cusparselt.is_available()
+    return SparseSemiStructuredTensorCUTLASS if use_cutlass else SparseSemiStructuredTensorCUSPARSELT
+
+
+def torch_semi_structured(weight: torch.Tensor, impl: str | None = None) -> torch.Tensor:
+    """``weight`` as torch's 2:4 tensor; ``impl`` ``"cusparselt"`` / ``"cutlass"`` forces torch's
+    backend (``None``: torch's own pick, honouring ``SparseSemiStructuredTensor._FORCE_CUTLASS``)."""
+    from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+    cls = {None: _torch_semi_class(weight.dtype), "cusparselt": SparseSemiStructuredTensorCUSPARSELT,
+           "cutlass": SparseSemiStructuredTensorCUTLASS}.get(impl)
+    if cls is None:
+        raise RiaInputError(f"impl must be None, 'cusparselt' or 'cutlass', got {impl!r}")
+    return cls.from_dense(positive_zeros(weight).contiguous())
+
+
+def backend_unavailable_reasons(device: torch.device, dtype: torch.dtype, out_features: int,
+                                in_features: int, backends: Sequence[str] = BACKENDS) -> dict[str, str | None]:
+    """``{backend: None if it can run this weight here, else why not}``. Never loads the extension
+    without CUDA (so CPU-only machines never try to build it)."""
+    device = torch.device(device)
+    out: dict[str, str | None] = {}
+    common = None
+    if device.type != "cuda":
+        common = ("CUDA is not available on this machine" if not torch.cuda.is_available()
+                  else f"the weight is on {device}, sparse backends need a CUDA device")
+    elif dtype not in sparse_mm.SPARSE_DTYPES:
+        common = f"sparse backends need float16/bfloat16 weights, got {dtype}"
+    else:
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            common = (f"2:4 sparse tensor cores need compute capability >= 8.0, "
+                      f"{torch.cuda.get_device_name(device)} is {major}.{minor}")
+    for b in backends:
+        if b == "dense":
+            out[b] = None
+            continue
+        if b == "sparse24":  # the compact format: Triton kernel on CUDA, its torch reference elsewhere
+            out[b] = None if dtype in SPARSE24_DTYPES else f"the compact 2:4 format needs one of {SPARSE24_DTYPES}, got {dtype}"
+            continue
+        if common is not None:
+            out[b] = common
+            continue
+        if b == "torch_semi_structured":
+            cls = _torch_semi_class(dtype)
+            lim = cls._DTYPE_SHAPE_CONSTRAINTS.get(dtype)
+            mr, mc = (lim.sparse_min_rows, lim.sparse_min_cols) if lim else (0, 0)
+            if lim is None:
+                out[b] = f"torch's {cls.__name__} does not support {dtype}"
+            elif out_features % mr or in_features % mc:
+                out[b] = (f"torch's {cls.__name__} needs out_features % {mr} == 0 and in_features % {mc} == 0, "
+                          f"got [{out_features}, {in_features}]")
+            else:
+                out[b] = None
+            continue
+        mn, mk = SHAPE_MULTIPLES[b]
+        kernel = b
+        if b == "cutlass" and sparse_mm.load_ops():  # the kernel (and its limits) depends on the GPU
+            arch = sparse_mm.cutlass_arch(device)
+            if arch is not None:
+                mn, mk = sparse_mm.CUTLASS_SHAPE_MULTIPLES[arch]
+                kernel = f"cutlass ({arch} kernel)"
+        if out_features % mn or in_features % mk:
+            out[b] = (f"{kernel} needs out_features % {mn} == 0 and in_features % {mk} == 0, "
+                      f"got [{out_features}, {in_features}]")
+        elif not sparse_mm.load_ops():
+            out[b] = f"the ria_kernels CUDA extension is not available: {sparse_mm.extension_status()}"
+        elif b == "cusparselt" and not sparse_mm.cslt_available():
+            out[b] = "the ria_kernels extension was built without cuSPARSELt"
+        elif b == "cutlass" and not sparse_mm.cutlass_available():
+            out[b] = "the ria_kernels extension was built without its CUTLASS kernel"
+        else:
+            out[b] = None
+    return out
+
+# --------------------------------------------------------------------------- the dispatch point
+def choose_backend(requested: str | None, *, device_type: str, unavailable: Mapping[str, str | None],
+                   timings: Mapping[str, float] | None = None,
+                   measure: Callable[[list[str]], Mapping[str, float]] | None = None,
+                   margin: float = SPARSE_MARGIN) -> tuple[str, str]:
+    """Pick the backend for one call; returns ``(backend, why)``.
+
+    ``requested``: the forced backend from :func:`requested_backend` (``None``: automatic).
+    ``unavailable``: the module's backends, each mapped to ``None`` (held and can run) or the
+    reason it cannot. ``timings``: measured medians in ms for this (shape, dtype, token bucket),
+    or ``None``; ``measure(backends)`` produces them when allowed (``None`` during tracing, graph
+    capture or with autotune off). Rules: forced wins (raises when unavailable); otherwise the
+    compact kernel (``sparse24``, always held) unless a held tensor-core backend measured at least
+    ``margin`` faster than it on CUDA. Never dense in automatic mode: it is not held.
+    """
+    if requested is not None:
+        if requested not in BACKENDS:
+            raise RiaInputError(f"backend must be one of {BACKENDS}, got {requested!r}")
+        if requested not in unavailable:
+            raise BackendUnavailableError(f"backend {requested!r} was not prepared for this module")
+        if unavailable[requested] is not None:
+            raise BackendUnavailableError(f"backend {requested!r} forced but unavailable: {unavailable[requested]}")
+        return requested, "forced"
+    usable = [b for b in TENSOR_CORE_BACKENDS if b in unavailable and unavailable[b] is None]
+    if not usable:
+        why = "; ".join(f"{b}: {r}" for b, r in unavailable.items() if r is not None) or "compact memory mode"
+        return "sparse24", f"compact 2:4 kernel (no tensor-core copy: {why})"
+    if device_type != "cuda":
+        return "sparse24", f"{device_type} tensors run the compact 2:4 kernel"
+    if timings is None:
+        if measure is None:
+            return "sparse24", ("compact 2:4 kernel: no measured entry for this token bucket and timing is not "
+                                "possible now (torch.compile tracing / CUDA-graph capture / autotune off)")
+        timings = measure(usable + ["sparse24"])
+    if "sparse24" not in timings:
+        return "sparse24", "compact 2:4 kernel: no compact-kernel timing to compare against"
+    timed = [(timings[b], b) for b in usable if b in timings and math.isfinite(timings[b])]
+    if not timed:
+        return "sparse24", "compact 2:4 kernel: no tensor-core backend was timed"
+    best_ms, best = min(timed)
+    base_ms = timings["sparse24"]
+    if best_ms <= base_ms * (1.0 - margin):
+        return best, f"measured {best} {best_ms:.4g} ms vs compact {base_ms:.4g} ms"
+    return "sparse24", f"compact {base_ms:.4g} ms; best tensor-core {best} {best_ms:.4g} ms is not {margin:.0%} faster"
+
+def _cslt_matmul(x2: torch.Tensor, compressed: torch.Tensor, out_features: int, bias: torch.Tensor | None,
+                 cfg: tuple[int, int, int]) -> torch.Tensor:
+    """The extension's cuSPARSELt matmul (unchecked hot path; a seam for CPU tests)."""
+    alg, split_k, mode = cfg
+    return torch.ops.ria_kernels.cslt_mm(x2, compressed, out_features, bias, None, alg, split_k, mode)
+
+
+def _compress_for_backend(backend: str, dense: torch.Tensor):
+    """The compressed copy ``backend`` runs, from the (2:4, signed-zero-normalised here) dense
+    weight: cuSPARSELt's opaque buffer, CUTLASS's (values, metadata), or torch's 2:4 tensor."""
+    dense = positive_zeros(dense).contiguous()
+    if backend == "cusparselt":
+        return sparse_mm.cslt_compress(dense)
+    if backend == "cutlass":
+        return tuple(sparse_mm.cutlass_compress(dense))
+    if backend == "torch_semi_structured":
+        return torch_semi_structured(dense)
+    raise RiaInputError(f"{backend!r} is not a tensor-core backend {TENSOR_CORE_BACKENDS}")
