@@ -135,9 +135,10 @@ def _cutlass_include() -> str | None:
     return None
 
 
-def _cuda_includes() -> list[str] | None:
+def _cuda_includes(homes: list[str] | None = None) -> list[str] | None:
     """The CUDA toolkit's include dirs CuTe needs on the host: cuda_runtime_api.h and CCCL's cuda/std/."""
-    homes = [h for h in (_build._cuda_home(), "/usr/local/cuda") if h]
+    if homes is None:
+        homes = [h for h in (_build._cuda_home(), "/usr/local/cuda") if h]
     for home in dict.fromkeys(homes):
         inc = os.path.join(home, "include")
         if not os.path.isfile(os.path.join(inc, "cuda_runtime_api.h")):
@@ -152,6 +153,34 @@ def _unavailable(reason: str):
     if REQUIRED:
         pytest.fail(f"RIA_CUTLASS_REQUIRED=1 but {reason}")
     pytest.skip(reason)
+
+
+def _touch(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+
+
+def test_header_discovery(tmp_path, monkeypatch):
+    """RIA_CUTLASS_INCLUDE wins when it holds the sparse config; a folder without it is passed over; the CUDA
+    include dirs are CUDA 13's include/cccl + include, or CUDA 12's include alone."""
+    monkeypatch.setattr(_build, "find_cutlass", lambda: None)
+    monkeypatch.setattr(_build, "ROOT", str(tmp_path / "repo"))  # no .cutlass/ there
+    monkeypatch.setenv("RIA_CUTLASS_INCLUDE", str(tmp_path / "empty"))
+    assert _cutlass_include() is None
+    inc = tmp_path / "cutlass" / "include"
+    _touch(inc / "cutlass" / "gemm" / "collective" / "builders" / "sm90_sparse_config.inl")
+    monkeypatch.setenv("RIA_CUTLASS_INCLUDE", str(inc))
+    assert _cutlass_include() == str(inc)
+
+    cuda = tmp_path / "cuda"
+    homes = [str(tmp_path / "none"), str(cuda)]
+    assert _cuda_includes(homes) is None
+    _touch(cuda / "include" / "cuda_runtime_api.h")
+    assert _cuda_includes(homes) is None  # no CCCL
+    _touch(cuda / "include" / "cuda" / "std" / "utility")
+    assert _cuda_includes(homes) == [str(cuda / "include")]
+    _touch(cuda / "include" / "cccl" / "cuda" / "std" / "utility")
+    assert _cuda_includes(homes) == [str(cuda / "include" / "cccl"), str(cuda / "include")]
 
 
 @pytest.fixture(scope="module")
