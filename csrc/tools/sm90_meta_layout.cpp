@@ -62,7 +62,8 @@ static int emit(int M, int K) {
   const int per_byte = typename CfgF16::ElementEMmaSparsity{};
   const int m_pad = (M + align_m - 1) / align_m * align_m, k_pad = (K + align_k - 1) / align_k * align_k;
   const long cosize_bytes = long(cute::cosize(layout)) / per_byte;
-  if (cosize_bytes != long(m_pad) * k_pad / per_byte) return fail("buffer size", m_pad, k_pad, cosize_bytes, long(m_pad) * k_pad / per_byte);
+  const long want_bytes = long(m_pad) * k_pad / per_byte;
+  if (cosize_bytes != want_bytes) return fail("buffer size", m_pad, k_pad, cosize_bytes, want_bytes);
 
   // The compressor's view: a uint8 tensor over the sparse-element layout (sm90_sparse_gemm_compressor.hpp).
   std::vector<uint8_t> buf(cosize_bytes + 16);
@@ -74,7 +75,8 @@ static int emit(int M, int K) {
   const auto layout_a = CfgF16::fill_layoutA(problem);
   for (int m = 0; m < M; ++m)
     for (int k = 0; k < K; ++k)
-      if (long(layout_a(m, k, 0)) != long(m) * K + k) return fail("values row-major [M, K/2]", m, k, layout_a(m, k, 0), long(m) * K + k);
+      if (long(layout_a(m, k, 0)) != long(m) * K + k)
+        return fail("values row-major [M, K/2]", m, k, layout_a(m, k, 0), long(m) * K + k);
 
   std::printf("shape %d %d %d %d\n", M, K, m_pad, k_pad);
   std::vector<long> row(k_pad / 4);
@@ -85,7 +87,8 @@ static int emit(int M, int K) {
       for (int i = 0; i < 4; ++i) {
         const long o = layout(m, 4 * g + i, 0);
         if (o != off + i) return fail("contiguous group", m, 4 * g + i, o, off + i);
-        if (long(layout_bf16(m, 4 * g + i, 0)) != o) return fail("bf16 == fp16", m, 4 * g + i, layout_bf16(m, 4 * g + i, 0), o);
+        const long o_bf16 = layout_bf16(m, 4 * g + i, 0);
+        if (o_bf16 != o) return fail("bf16 == fp16", m, 4 * g + i, o_bf16, o);
       }
       if (g % 2 == 0) {
         const long byte = long(&gE(m, g / 2, 0) - buf.data());

@@ -82,7 +82,8 @@ def test_sm80_matches_torch_reference_converter(dtype, n, k):
     assert sm80.dtype == torch.int16 and sm80.shape == (n, k // 16) and sm80.is_contiguous()
     assert ref_meta.dtype == torch.int16
     diff = (sm80.reshape(-1) != ref_meta.reshape(-1)).nonzero().view(-1)
-    assert diff.numel() == 0, f"{diff.numel()} of {sm80.numel()} sm80 words differ; first flat indices {diff[:4].tolist()}"
+    assert diff.numel() == 0, \
+        f"{diff.numel()} of {sm80.numel()} sm80 words differ; first flat indices {diff[:4].tolist()}"
     assert torch.equal(L.sm80_to_compact_meta(sm80, n, k), meta)
 
 
@@ -238,7 +239,8 @@ def test_cute_program_reports_the_configuration_the_module_assumes(cute_layouts)
     """The headers' CUTLASS is the version csrc/ builds against, and its sparse config has the module's padding
     (TensorEAlignmentM/K) and 8 logical columns per metadata byte."""
     h = cute_layouts["header"]
-    assert h["cutlass"] == "4.2.0", f"CUTLASS {h['cutlass']}: the layout was derived for 4.2.0 (nvidia-cutlass==4.2.0.0)"
+    assert h["cutlass"] == "4.2.0", \
+        f"CUTLASS {h['cutlass']}: the layout was derived for 4.2.0 (nvidia-cutlass==4.2.0.0)"
     assert (int(h["align_m"]), int(h["align_k"]), int(h["k_per_byte"])) == (L.SM90_META_ALIGN_M, L.SM90_META_ALIGN_K, 8)
     assert cute_layouts["atom"] == "((_8,_2,_4),(_16,_2,_4)):((_128,_16,_2048),(_1,_1024,_32))"
 
