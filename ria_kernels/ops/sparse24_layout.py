@@ -215,3 +215,19 @@ def layout_to_compact(meta: torch.Tensor, n: int, k: int, layout: str) -> torch.
     if layout == "sm90":
         return sm90_to_compact_meta(meta, n, k)
     raise RiaInputError(f"metadata layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def layout_meta_spec(n: int, k: int, layout: str, meta: Optional[torch.Tensor] = None) -> tuple[torch.dtype, tuple[int, int]]:
+    """``(dtype, shape)`` of the metadata of an ``[n, k]`` weight in ``layout``; with ``meta``, RiaInputError
+    unless it has them (a cheap check for every call of a kernel that reads ``layout``)."""
+    if layout == "rowmajor":
+        spec = torch.uint8, (n, (k + 7) // 8)
+    elif layout == "sm80":
+        spec = torch.int16, (n, k // 16)
+    elif layout == "sm90":
+        spec = torch.uint8, sm90_meta_shape(n, k)
+    else:
+        raise RiaInputError(f"metadata layout must be one of {LAYOUTS}, got {layout!r}")
+    if meta is not None:
+        _check_tensor(meta, spec[1], spec[0], f"{layout} meta (n={n}, k={k})")
+    return spec

@@ -37,10 +37,13 @@ import torch.nn.functional as F
 
 from .._backend import resolve_backend
 from .. import _device
-from .._errors import RiaInputError
+from .._errors import BackendUnavailableError, RiaInputError
+from .sparse24_layout import layout_meta_spec, layout_to_compact
 
 FORMAT_VERSION = 1
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# metadata orders (ops/sparse24_layout.py) the Triton kernel reads; the torch reference reads every order
+KERNEL_META_LAYOUTS = ("rowmajor",)
 
 
 def _check_weight(weight: torch.Tensor) -> None:
@@ -77,7 +80,7 @@ def compress_24(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.reshape(n, k // 2).contiguous(), meta.contiguous()
 
 
-def _check_compressed(values: torch.Tensor, meta: torch.Tensor) -> tuple[int, int]:
+def _check_compressed(values: torch.Tensor, meta: torch.Tensor, meta_layout: str = "rowmajor") -> tuple[int, int]:
     if values.dim() != 2 or meta.dim() != 2:
         raise RiaInputError(f"values and meta must be 2-D, got {tuple(values.shape)} and {tuple(meta.shape)}")
     if values.dtype not in SUPPORTED_DTYPES:
@@ -86,8 +89,12 @@ def _check_compressed(values: torch.Tensor, meta: torch.Tensor) -> tuple[int, in
     k = 2 * half_k
     if k % 4:
         raise RiaInputError(f"values.shape[1] must be even (in_features / 2 with in_features % 4 == 0), got {half_k}")
-    if meta.dtype != torch.uint8 or tuple(meta.shape) != (n, (k + 7) // 8):
-        raise RiaInputError(f"meta must be uint8 of shape [{n}, {(k + 7) // 8}], got {meta.dtype} {tuple(meta.shape)}")
+    if meta_layout == "rowmajor":
+        if meta.dtype != torch.uint8 or tuple(meta.shape) != (n, (k + 7) // 8):
+            raise RiaInputError(f"meta must be uint8 of shape [{n}, {(k + 7) // 8}], got {meta.dtype} "
+                                f"{tuple(meta.shape)}")
+    else:
+        layout_meta_spec(n, k, meta_layout, meta)
     if meta.device != values.device:
         raise RiaInputError(f"values and meta must be on one device, got {values.device} and {meta.device}")
     return n, k
@@ -105,16 +112,19 @@ def decompress_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
 
 
 def sparse24_mm_reference(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
-                          bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Plain-torch reference: decompress, ``F.linear`` in float32, cast to ``x.dtype``."""
+                          bias: Optional[torch.Tensor] = None, meta_layout: str = "rowmajor") -> torch.Tensor:
+    """Plain-torch reference: decompress (``meta`` in ``meta_layout``), ``F.linear`` in float32, cast to
+    ``x.dtype``."""
+    if meta_layout != "rowmajor":
+        meta = layout_to_compact(meta, values.shape[0], 2 * values.shape[1], meta_layout)
     w = decompress_24(values, meta).float()
     b = None if bias is None else bias.float()
     return F.linear(x.float(), w, b).to(x.dtype)
 
 
 # --------------------------------------------------------------------------- public entry point
-def _check_inputs(x, values, meta, bias, out) -> tuple[int, int]:
-    n, k = _check_compressed(values, meta)
+def _check_inputs(x, values, meta, bias, out, meta_layout="rowmajor") -> tuple[int, int]:
+    n, k = _check_compressed(values, meta, meta_layout)
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise RiaInputError("x must be a tensor of shape [..., in_features]")
     if x.shape[-1] != k:
@@ -138,9 +148,11 @@ def _check_inputs(x, values, meta, bias, out) -> tuple[int, int]:
 
 def sparse24_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                 bias: Optional[torch.Tensor] = None, *, backend: Optional[str] = None,
-                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                out: Optional[torch.Tensor] = None, meta_layout: str = "rowmajor") -> torch.Tensor:
     """``x [..., K] @ W^T (+ bias) -> [..., N]`` in x's dtype, for the compressed 2:4 ``W``
-    (see the module docstring); float32 accumulation.
+    (see the module docstring); float32 accumulation. ``meta_layout``: the order ``meta`` is in
+    (:mod:`ria_kernels.ops.sparse24_layout`; the Triton kernel reads :data:`KERNEL_META_LAYOUTS`,
+    another order on CUDA raises ``BackendUnavailableError``).
 
     The backend is chosen in one place (:func:`_dispatch`): Triton for CUDA tensors, the torch
     reference otherwise; ``backend="triton"|"torch"`` or env ``RIA_KERNELS_BACKEND`` forces one.
@@ -148,30 +160,33 @@ def sparse24_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
     registered: traceable by ``torch.compile``, capturable in CUDA graphs); ``out=`` (eager
     callers: tests, benchmarks) calls the dispatch directly.
     """
-    _check_inputs(x, values, meta, bias, out)
+    _check_inputs(x, values, meta, bias, out, meta_layout)
     if backend is not None and backend.lower() not in ("triton", "torch"):
         raise RiaInputError(f"backend must be one of ('triton', 'torch'), got {backend!r}")
     if out is not None:
-        return _dispatch(x, values, meta, bias, backend, out)
-    return torch.ops.ria_kernels.sparse24_mm(x, values, meta, bias, backend)
+        return _dispatch(x, values, meta, bias, backend, out, meta_layout)
+    return torch.ops.ria_kernels.sparse24_mm(x, values, meta, bias, backend, meta_layout)
 
 
-def _dispatch(x, values, meta, bias, backend, out=None):
+def _dispatch(x, values, meta, bias, backend, out=None, meta_layout="rowmajor"):
     """The one backend decision for sparse24_mm."""
     if resolve_backend("sparse24_mm", x, backend) == "triton":
+        if meta_layout not in KERNEL_META_LAYOUTS:
+            raise BackendUnavailableError(f"sparse24_mm: the Triton kernel reads metadata in {KERNEL_META_LAYOUTS}, "
+                                          f"not {meta_layout!r}")
         return _sparse24_mm_triton(x, values, meta, bias, out=out)
-    y = sparse24_mm_reference(x, values, meta, bias)
+    y = sparse24_mm_reference(x, values, meta, bias, meta_layout)
     return y if out is None else out.copy_(y)
 
 
 @torch.library.custom_op("ria_kernels::sparse24_mm", mutates_args=())
 def _sparse24_mm_op(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: Optional[torch.Tensor],
-                    backend: Optional[str]) -> torch.Tensor:
-    return _dispatch(x, values, meta, bias, backend)
+                    backend: Optional[str], meta_layout: str = "rowmajor") -> torch.Tensor:
+    return _dispatch(x, values, meta, bias, backend, None, meta_layout)
 
 
 @_sparse24_mm_op.register_fake
-def _(x, values, meta, bias, backend):
+def _(x, values, meta, bias, backend, meta_layout="rowmajor"):
     return x.new_empty((*x.shape[:-1], values.shape[0]))
 
 

@@ -424,3 +424,19 @@ def test_meta_layout_for_follows_the_kernel_limits():
         n, k = mn * 3, mk * 5
         meta = random_meta(n, k, seed=4)
         assert torch.equal(L.layout_to_compact(L.compact_to_layout(meta, n, k, arch), n, k, arch), meta)
+
+
+@pytest.mark.parametrize("n,k", [(64, 128), (72, 144), (96, 64)])
+def test_layout_meta_spec_is_what_the_converters_return(n, k):
+    from ria_kernels.ops.sparse24_layout import compact_to_layout, layout_meta_spec
+    meta = torch.randint(0, 256, (n, k // 8), dtype=torch.uint8)
+    for layout in ("rowmajor", "sm80", "sm90"):
+        if layout == "sm80" and n % 32:
+            continue
+        out = compact_to_layout(meta, n, k, layout)
+        assert layout_meta_spec(n, k, layout) == (out.dtype, tuple(out.shape))
+        assert layout_meta_spec(n, k, layout, out) == (out.dtype, tuple(out.shape))  # the check passes
+    with pytest.raises(RiaInputError, match=r"sm90 meta .* must be torch.uint8 of shape"):
+        layout_meta_spec(n, k, "sm90", meta[:, :1])
+    with pytest.raises(RiaInputError, match="metadata layout must be one of"):
+        layout_meta_spec(n, k, "colmajor")

@@ -524,3 +524,44 @@ def test_compress_24_refuses_a_group_with_more_than_two_nonzeros(kept, group):
         compress_24(w)
     values, meta = compress_24(w * (torch.arange(24) % 4 < 2))  # the same weight made 2:4 compresses
     assert torch.equal(decompress_24(values, meta), w * (torch.arange(24) % 4 < 2))
+
+
+# --------------------------------------------------------------------------- metadata orders (issue 22)
+@pytest.mark.parametrize("layout", ["sm80", "sm90"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reference_reads_every_meta_layout(layout, dtype):
+    """The torch path takes the metadata in a device order and gives the row-major result bit for bit."""
+    from ria_kernels.ops.sparse24_layout import compact_to_layout
+    n, k = 64, 192
+    values, meta = compress_24(sparse_weight(n, k, dtype, 11))
+    x = torch.randn(5, k, dtype=dtype)
+    want = sparse24_mm(x, values, meta, backend="torch")
+    out = poisoned((5, n), dtype)
+    got = sparse24_mm(x, values, compact_to_layout(meta, n, k, layout), backend="torch", out=out,
+                      meta_layout=layout)
+    assert torch.equal(got, want)
+    assert torch.equal(sparse24_mm(x, values, compact_to_layout(meta, n, k, layout), backend="torch",
+                                   meta_layout=layout), want)  # through the custom op too
+
+
+def test_meta_layout_checked_against_its_shape():
+    n, k = 64, 128
+    values, meta = compress_24(sparse_weight(n, k, torch.float16, 3))
+    x = torch.randn(2, k, dtype=torch.float16)
+    with pytest.raises(RiaInputError, match=r"sm80 meta \(n=64, k=128\) must be torch.int16 of shape \[64, 8\]"):
+        sparse24_mm(x, values, meta, backend="torch", meta_layout="sm80")  # row-major bytes passed as sm80
+    with pytest.raises(RiaInputError, match="metadata layout must be one of"):
+        sparse24_mm(x, values, meta, backend="torch", meta_layout="sm70")
+
+
+@needs_triton
+@pytest.mark.parametrize("layout", [lay for lay in ("sm80", "sm90") if lay not in S.KERNEL_META_LAYOUTS] or
+                         [pytest.param(None, marks=pytest.mark.skip(reason="the kernel reads every layout"))])
+def test_triton_refuses_a_layout_it_does_not_read(layout):
+    from ria_kernels import BackendUnavailableError
+    from ria_kernels.ops.sparse24_layout import compact_to_layout
+    n, k = 64, 128
+    values, meta = compress_24(sparse_weight(n, k, torch.float16, 3))
+    with pytest.raises(BackendUnavailableError, match=f"reads metadata in .* not '{layout}'"):
+        sparse24_mm(torch.randn(2, k, dtype=torch.float16).to(DEVICE), values.to(DEVICE),
+                    compact_to_layout(meta, n, k, layout).to(DEVICE), backend="triton", meta_layout=layout)
