@@ -26,7 +26,7 @@ E2E (after the per-shape part, guarded so its failure never loses the shape rows
 decode tokens/s of a LLaMA2-7B-shaped model (random fp16 weights made 2:4 by magnitude,
 ``--e2e-layers`` layers) with a static KV cache, one decode step captured in a CUDA graph
 (``bench_e2e.decode_row``), for ``dense`` vs ``to_sparse_inference(model, None,
-memory="compact")`` vs ``memory="fast"``.
+memory="compact")`` vs ``memory="cusparselt"``.
 
     python benchmarks/bench_decode.py --out benchmarks/results      # all shapes, T, e2e
     python benchmarks/bench_decode.py --quick                        # 7B shapes, T in {1, 16, 128}
@@ -196,7 +196,7 @@ def linear_bytes(model) -> int:
 
 
 def e2e_rows(args) -> list[dict]:
-    """Greedy decode tokens/s (static cache, CUDA graph) for dense vs compact vs fast."""
+    """Greedy decode tokens/s (static cache, CUDA graph) for dense vs compact vs cusparselt."""
     import ria_kernels
     from bench_e2e import build_model, decode_row
     layers = args.e2e_layers or (2 if args.quick else 8)
@@ -207,7 +207,7 @@ def e2e_rows(args) -> list[dict]:
                 mod.weight.copy_(mask_24(mod.weight))
     vocab = base.config.vocab_size
     rows = []
-    for variant in ("dense", "compact", "fast"):
+    for variant in ("dense", "compact", "cusparselt"):
         model = base if variant == "dense" else copy.deepcopy(base)
         row = dict(variant=variant, layers=layers)
         try:
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     cases = plan(args)
     print(f"bench_decode: {len(cases)} cases ({len({(c['n'], c['k']) for c in cases})} shapes x "
           f"{len({c['t'] for c in cases})} token counts) x methods {cases[0]['methods'] if cases else []}; "
-          f"e2e: {'off' if args.no_e2e else 'dense/compact/fast'}; out: {args.out}")
+          f"e2e: {'off' if args.no_e2e else 'dense/compact/cusparselt'}; out: {args.out}")
     for c in cases:
         print(f"  {c['model']:4s} {c['linear']:8s} N={c['n']:6d} K={c['k']:6d} T={c['t']:4d}  "
               f"sparse24 config {tuple(launch_config(c['t'], c['n'], c['k']))}")

@@ -692,7 +692,7 @@ def _sparse_inference_summary(model, n_linears: int, device: str) -> dict:
         for b in ran:
             used[b] = used.get(b, 0) + 1
     on_gpu = str(device).startswith("cuda")
-    fast_compact = sum(1 for m in model.modules() if isinstance(m, SparseLinear) and m.fast_without_copy)
+    no_copy = sum(1 for m in model.modules() if isinstance(m, SparseLinear) and m.cusparselt_without_copy)
     ran_sparse = on_gpu and any(b != "dense" for b in used)
     if converted == 0:
         note = "nothing ran sparse: no linear was converted (none is 2:4)"
@@ -703,8 +703,8 @@ def _sparse_inference_summary(model, n_linears: int, device: str) -> dict:
         note = f"nothing ran sparse: all {converted} SparseLinear modules ran dense"
     else:
         note = ", ".join(f"{k} x{v}" for k, v in sorted(used.items()))
-    if fast_compact:
-        note += (f"; {fast_compact} memory='fast' modules hold only the compact format (no tensor-core copy can be "
+    if no_copy:
+        note += (f"; {no_copy} memory='cusparselt' modules hold only the compact format (no cuSPARSELt copy can be "
                  f"built on {device})")
     return {"linears": n_linears, "converted": converted, "memory_modes": modes, "backends_used": used,
             "ran_sparse": ran_sparse, "note": note}

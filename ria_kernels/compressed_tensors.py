@@ -282,7 +282,7 @@ def load_compressed_tensors(directory: str | os.PathLike, *, device: str | torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from .models import check_config
-    from .sparse_linear import MEMORY_MODES, SPARSE24_DTYPES, SparseLinear
+    from .sparse_linear import SPARSE24_DTYPES, SparseLinear, resolve_memory
     directory = Path(directory)
     if not directory.is_dir():
         raise RiaInputError(f"checkpoint directory not found: {str(directory)!r}")
@@ -291,8 +291,7 @@ def load_compressed_tensors(directory: str | os.PathLike, *, device: str | torch
         raise RiaInputError(f"{str(directory)!r} is not a compressed-tensors checkpoint (no quantization_config with "
                             f"quant_method {QUANT_METHOD!r} in config.json)")
     dense_format = _check_supported(qc, directory).get("format") == "dense"
-    if memory not in MEMORY_MODES:
-        raise RiaInputError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+    memory = resolve_memory(memory, None)  # RiaInputError for an unknown mode; an old name is said and mapped
     if dtype is not None and dtype not in SPARSE24_DTYPES:
         raise RiaInputError(f"dtype must be one of {SPARSE24_DTYPES} or None, got {dtype!r}")
     device = torch.device(device)
@@ -489,7 +488,7 @@ def save_compressed_tensors(model: nn.Module, directory: str | os.PathLike, *, r
             raise RiaInputError(f"save_sparse: {name} would shadow a compressed linear")
     for p, m in sparse.items():
         tensors[f"{p}.compressed"] = m.values.detach().to("cpu").contiguous()
-        tensors[f"{p}.bitmask"] = meta_to_bitmask(m.meta.detach().to("cpu"), m.in_features, p)
+        tensors[f"{p}.bitmask"] = meta_to_bitmask(m.compact_meta().detach().to("cpu"), m.in_features, p)
         tensors[f"{p}.shape"] = torch.tensor([m.out_features, m.in_features]).reshape(-1, 1)
     dense = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
     n_weights = sum(m.in_features * m.out_features for m in [*sparse.values(), *(model.get_submodule(p) for p in dense)])

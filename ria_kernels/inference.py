@@ -39,9 +39,10 @@ SparseLinear backend that rejects a shape) leaves a model with unchanged outputs
 Models dispatched with accelerate offloading (meta weights) are rejected.
 
 Memory (``memory=``, passed to every ``SparseLinear``): ``"compact"`` (default) keeps only the
-compressed 2:4 format (<= 0.57x the dense linear bytes) and runs the compact kernel at every token
-count; ``"fast"`` adds one tensor-core copy for the token counts where it measures faster (<= 1.15x);
-``"dense"`` keeps the masked dense weight too (reference / debugging). See ``ria_kernels.sparse_linear``.
+compressed 2:4 format (<= 0.57x the dense linear bytes), its metadata in the order of the GPU's CUTLASS
+kernel where that kernel takes the weight, so the compact kernel and the sparse tensor cores read one
+copy; ``"cusparselt"`` (formerly ``"fast"``) adds cuSPARSELt's copy (<= 1.15x); ``"dense"`` keeps the
+masked dense weight too (reference / debugging). See ``ria_kernels.sparse_linear``.
 
 One installation path: :func:`to_sparse_inference` (from a pruned dense model) and
 ``ria_kernels.sparse_checkpoint.load_sparse`` (from a compressed checkpoint, described by
@@ -490,7 +491,7 @@ def to_sparse_inference(model: nn.Module, report=None, *, backend: str | None = 
     (:func:`detect_2to4`) and converted unpermuted, and the log says which, and why the others stay dense.
     Every linear that is 2:4 (in its permuted channel order) becomes a
     :class:`~ria_kernels.SparseLinear` (``backend`` and ``memory`` -- ``"compact"`` by default,
-    ``"fast"``, or ``"dense"`` for reference -- are passed to ``SparseLinear.from_linear``; see
+    ``"cusparselt"``, or ``"dense"`` for reference -- are passed to ``SparseLinear.from_linear``; see
     ``ria_kernels.sparse_linear`` for the modes); the others stay dense ``nn.Linear``. ``o_proj``:
     ``"auto"`` folds the attention-output permutation into v_proj when that is legal
     and gathers at run time otherwise; ``"gather"`` always gathers. Outputs equal

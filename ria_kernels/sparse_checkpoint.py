@@ -44,7 +44,7 @@ from ._io import atomic_output_dir
 from ._logging import logger
 from .inference import build_converted_module, conversion_layout, install_modules
 from .ops import sparse24_mm
-from .sparse_linear import MEMORY_MODES, SparseLinear
+from .sparse_linear import SparseLinear, resolve_memory
 
 FORMAT = "ria_kernels.sparse_checkpoint"
 FORMAT_VERSION = 1
@@ -129,7 +129,7 @@ def save_sparse(model: nn.Module, directory: str | os.PathLike, *, report=None, 
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     sparse_mods = [m for m in model.modules() if isinstance(m, SparseLinear)]
     value_size = torch.empty((), dtype=dtype or sparse_mods[0].values.dtype).element_size()
-    compressed = sum(m.values.numel() * value_size + m.meta.numel() * m.meta.element_size() for m in sparse_mods)
+    compressed = sum(m.values.numel() * value_size + m.compact_meta().numel() for m in sparse_mods)  # stored row-major
     dense_equiv = sum(m.in_features * m.out_features * value_size for m in sparse_mods)
     values_dtype = str(dtype or sparse_mods[0].values.dtype).replace("torch.", "")
     meta = {
@@ -240,8 +240,8 @@ def load_sparse(directory: str | os.PathLike, *, device: str | torch.device = "c
     the compact format (:func:`ria_kernels.compressed_tensors.load_compressed_tensors`).
 
     ``dtype``: cast the floating tensors (default: as saved); ``memory`` / ``backend``: the
-    ``SparseLinear`` memory mode (``"compact"``, ``"fast"``: the tensor-core copy is built from the
-    compact format on ``device``, ``"dense"``) and forced backend. Returns the model in eval mode; its
+    ``SparseLinear`` memory mode (``"compact"``: one copy, its metadata laid out for ``device``'s CUTLASS
+    kernel; ``"cusparselt"``: plus cuSPARSELt's copy, built from the compact format on ``device``; ``"dense"``) and forced backend. Returns the model in eval mode; its
     tokenizer, if saved, loads with ``AutoTokenizer.from_pretrained(directory)``."""
     from safetensors.torch import load_file
     directory = Path(directory)
@@ -250,8 +250,7 @@ def load_sparse(directory: str | os.PathLike, *, device: str | torch.device = "c
         # a compressed-tensors sparse-24-bitmask checkpoint (a published 2:4 model): straight to compact
         return load_compressed_tensors(directory, device=device, dtype=dtype, memory=memory, backend=backend)
     meta = read_sparse_metadata(directory)
-    if memory not in MEMORY_MODES:
-        raise RiaInputError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+    memory = resolve_memory(memory, None)  # RiaInputError for an unknown mode; an old name is said and mapped
     if dtype is not None and dtype not in _DTYPES.values():
         raise RiaInputError(f"dtype must be one of {tuple(_DTYPES.values())} or None, got {dtype!r}")
     try:

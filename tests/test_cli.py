@@ -763,15 +763,15 @@ def test_issue25_outputs_respect_the_umask(tiny_checkpoint, capsys, umask):
 
 
 def test_issue25_fast_memory_on_cpu_is_said_in_the_summary(tiny_checkpoint):
-    """Item 5: a SparseLinear built with memory='fast' on the CPU holds no tensor-core copy; the
+    """Item 5: a SparseLinear built with memory='cusparselt' (formerly 'fast') on the CPU holds no copy; the
     sparse-inference summary says so (the log line is tested in tests/test_sparse_linear.py)."""
     import ria_kernels.cli as cli_mod
     from ria_kernels import SparseLinear
     lin = torch.nn.Linear(64, 32, bias=False)
     with torch.no_grad():
         lin.weight.view(-1, 4)[:, :2] = 0
-    model = torch.nn.Sequential(SparseLinear.from_linear(lin, memory="fast"))
+    model = torch.nn.Sequential(SparseLinear.from_linear(lin, memory="cusparselt"))
     summary = cli_mod._sparse_inference_summary(model, 1, "cpu")
-    assert summary["memory_modes"] == {"fast": 1}
-    assert "1 memory='fast' modules hold only the compact format (no tensor-core copy can be built on cpu)" \
+    assert summary["memory_modes"] == {"cusparselt": 1}
+    assert "1 memory='cusparselt' modules hold only the compact format (no cuSPARSELt copy can be built on cpu)" \
         in summary["note"]

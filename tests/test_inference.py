@@ -63,10 +63,10 @@ def inner(mod: nn.Module) -> nn.Module:
     return mod.linear if isinstance(mod, InputPermutedLinear) else mod
 
 
-# "fast" on a CPU machine: no tensor-core copy can be built (CUDA only), so its modules hold and run
+# "cusparselt" on a CPU machine: no cuSPARSELt copy can be built (CUDA only), so its modules hold and run
 # the compact format like "compact" -- the test checks the mode is accepted end to end and exact;
-# its tensor-core copy's accounting is tested in test_sparse_linear.py with a fake compressor.
-MEMORY = ("compact", "fast")
+# the copy's accounting is tested in test_sparse_linear.py with a fake compressor.
+MEMORY = ("compact", "cusparselt")
 
 
 @pytest.mark.parametrize("memory", MEMORY)
@@ -395,7 +395,7 @@ def _decoder_linear_bytes(model: nn.Module) -> tuple[int, int]:
 @pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
 def test_converted_model_linear_bytes(family, dtype, monkeypatch):
     """compact <= 0.57x the dense linear bytes (fp16: values K/2 + indices K/8 per row, plus the bias);
-    fast <= 1.15x. FAKED for fast (no CUDA here): the cuSPARSELt copy, a buffer of cuSPARSELt's documented
+    cusparselt <= 1.15x. FAKED for cusparselt (no CUDA here): the cuSPARSELt copy, a buffer of cuSPARSELt's documented
     compressed size (tests/sparse_fakes.py); the rest of what the modules hold is real."""
     from sparse_fakes import FakeTensorCores
     if family == "opt":
@@ -411,8 +411,52 @@ def test_converted_model_linear_bytes(family, dtype, monkeypatch):
     assert sparse_bytes <= 0.57 * dense_bytes, sparse_bytes / dense_bytes
     if dtype == torch.float16:  # cuSPARSELt takes fp16/bf16 only
         FakeTensorCores(monkeypatch, runnable=("cusparselt", "cutlass"))
-        fast = to_sparse_inference(copy.deepcopy(dense), report, memory="fast")
+        fast = to_sparse_inference(copy.deepcopy(dense), report, memory="cusparselt")
         mods = [m for m in fast.modules() if isinstance(m, SparseLinear)]
-        assert all(m._held_copies() == ["cusparselt"] for m in mods)  # one tensor-core copy each
+        assert all(m._held_copies() == ["cusparselt"] for m in mods)  # one cuSPARSELt copy each
+        assert any(m.meta_layout == "sm90" for m in mods)  # and CUTLASS on the compact weight, no copy
         fast_bytes, _ = _decoder_linear_bytes(fast)
         assert sparse_bytes < fast_bytes <= 1.15 * dense_bytes, fast_bytes / dense_bytes
+
+
+# -- issue 22: one stored weight, its metadata in the CUTLASS order of the (faked) GPU
+@pytest.mark.parametrize("layout", ["sm80", "sm90"])
+@pytest.mark.parametrize("family, mode", [("llama", "2:4+perm"), ("llama", "2:4"), ("qwen2", "2:4+perm"),
+                                          ("qwen2", "2:4"), ("opt", "2:4+perm"), ("opt", "2:4")])
+def test_one_copy_model_in_the_cutlass_order(family, mode, layout, monkeypatch, tmp_path):
+    """FAKED (tests/sparse_fakes.py): that the extension's CUTLASS kernel can run here, which order it reads,
+    its matmul (the float32 reference of the values + metadata it is handed, decoded from that order) and, so
+    float32 logits can be compared at 1e-4, that it takes float32. Real: the conversion, the layouts, the
+    bytes, the dispatch, save_sparse / load_sparse."""
+    from sparse_fakes import FakeTensorCores
+    from ria_kernels import load_sparse, save_sparse
+    if family == "opt":
+        dense = tiny("opt")
+        report = prune_model(dense, make_calibration(), progress=False, **MODES[mode])
+    else:
+        dense, report = pruned(family, mode)
+    fake = FakeTensorCores(monkeypatch, runnable=("cutlass",), cutlass_layout=layout, any_dtype=True)
+    model = to_sparse_inference(copy.deepcopy(dense), report)  # the default memory mode
+    mods = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    # sm90 pads its metadata to 64 x 128: such a (tiny) linear stays row-major, so the copy never grows
+    padded = [m for m in mods if layout == "sm90" and (m.out_features % 64 or m.in_features % 128)]
+    assert all(m.memory == "compact" and m.meta_layout == ("rowmajor" if m in padded else layout) for m in mods)
+    assert len(padded) < len(mods)
+    sparse_bytes, left_dense = _decoder_linear_bytes(model)
+    assert left_dense == 0 and sparse_bytes <= 0.57 * _decoder_linear_bytes(dense)[1]
+    monkeypatch.setenv("RIA_KERNELS_SPARSE_AUTOTUNE", "0")
+    from ria_kernels import sparse_linear as sl
+    table = sl.TuneTable(tmp_path / "table.json")  # empty: nothing measured
+    for m in mods:  # the modules as on a GPU: CUTLASS is the static choice from 64 tokens
+        fake.as_gpu(m, monkeypatch, table)
+        assert m.backend_for(64) == ("sparse24" if m in padded else "cutlass") and m.backend_for(1) == "sparse24"
+    for ids in (inputs(), inputs(batch=4, seqlen=40)):  # 22 tokens: compact kernel; 160: CUTLASS
+        assert max_logit_diff(model, dense, ids) <= ATOL
+    assert {t for t, _ in fake.cutlass_calls} == {160} and len(fake.cutlass_calls) >= len(mods) - len(padded)
+    save_sparse(model, tmp_path / "ck", report=report)
+    loaded = load_sparse(tmp_path / "ck")
+    lm = [m for m in loaded.modules() if isinstance(m, SparseLinear)]
+    assert [m.meta_layout for m in lm] == [m.meta_layout for m in mods]  # laid out again for the device on load
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical, row-major meta
+    assert all(torch.equal(m.meta, n.meta) for m, n in zip(mods, lm))

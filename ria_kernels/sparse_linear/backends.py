@@ -14,19 +14,27 @@ import torch
 
 from .._errors import BackendUnavailableError, RiaInputError
 from ..ops import sparse_mm
+from ..ops.sparse24_layout import meta_layout_for
+from ..ops.sparse24_mm import KERNEL_META_LAYOUTS
 from .format import SPARSE24_DTYPES, positive_zeros
 
 BACKENDS = ("sparse24", "cusparselt", "cutlass", "torch_semi_structured", "dense")
-# backends that need their own compressed copy of the weight (sparse tensor cores, CUDA only)
+# backends on sparse tensor cores (CUDA only)
 TENSOR_CORE_BACKENDS = ("cusparselt", "cutlass", "torch_semi_structured")
-# fast mode's automatic candidates for its one tensor-core copy, in the order the copy is picked
-# before anything is timed (ours first: cached plans, fused epilogue). torch_semi_structured is
-# forced-only: it plans inside every call, so it cannot honour the CUDA-graph rules above.
-FAST_CANDIDATES = ("cusparselt", "cutlass")
+# those that run from a compressed copy of their own; cutlass reads the compact values and the metadata
+# laid out in its order, so it costs no memory. torch_semi_structured is forced-only: it plans inside
+# every call, so it cannot honour the CUDA-graph rules.
+COPY_BACKENDS = ("cusparselt", "torch_semi_structured")
 ENV_BACKEND = "RIA_KERNELS_SPARSE_BACKEND"
 # a tensor-core backend must beat the compact kernel by this fraction of its time to be chosen:
 # timing noise must not flip a bucket to a kernel that is in fact as slow or slower
 SPARSE_MARGIN = 0.03
+# With no measured entry for a bucket and no timing possible (tracing, capture, autotune off), the static
+# default: CUTLASS on the compact weight from this token bucket up, the compact Triton kernel below. Why
+# 64: the compact kernel expands every tile in registers and its static estimate falls below dense from
+# T = 64 (benchmarks/results/sparse24_mm_static.md), where the CUTLASS kernels' 64-128-token tiles are
+# at least half used; below, decode is bound by the bytes both read alike. A measured entry wins.
+STATIC_TENSOR_CORE_MIN_TOKENS = 64
 # (out_features, in_features) multiples each extension backend accepts for fp16/bf16; for
 # cutlass the sm80 kernel's, the loosest-to-state bound when the GPU's kernel is not known yet
 # (sparse_mm.CUTLASS_SHAPE_MULTIPLES per kernel; torch's own path: its
@@ -138,11 +146,29 @@ def backend_unavailable_reasons(device: torch.device, dtype: torch.dtype, out_fe
             out[b] = None
     return out
 
+def cutlass_meta_layout(device: torch.device, dtype: torch.dtype, out_features: int, in_features: int) -> str:
+    """The metadata order (``ops/sparse24_layout``) of the CUTLASS kernel that runs this weight on ``device``:
+    ``"sm90"`` / ``"sm80"``, or ``"rowmajor"`` when the cutlass backend cannot run it there (a CPU, no
+    extension, a shape or dtype it does not take, or only the sm80 kernel on Hopper)."""
+    device = torch.device(device)
+    if device.type != "cuda" or \
+            backend_unavailable_reasons(device, dtype, out_features, in_features, ("cutlass",))["cutlass"] is not None:
+        return "rowmajor"
+    layout = meta_layout_for(torch.cuda.get_device_capability(device), out_features, in_features, dtype)
+    return layout if layout == sparse_mm.cutlass_arch(device) else "rowmajor"
+
+
+def compact_kernel_reads(device: torch.device, layout: str) -> bool:
+    """Whether the compact kernel that runs on ``device`` reads metadata in ``layout``: the Triton kernel
+    on CUDA reads ``KERNEL_META_LAYOUTS``; the torch reference (elsewhere) reads every order."""
+    return torch.device(device).type != "cuda" or layout in KERNEL_META_LAYOUTS
+
+
 # --------------------------------------------------------------------------- the dispatch point
 def choose_backend(requested: str | None, *, device_type: str, unavailable: Mapping[str, str | None],
                    timings: Mapping[str, float] | None = None,
                    measure: Callable[[list[str]], Mapping[str, float]] | None = None,
-                   margin: float = SPARSE_MARGIN) -> tuple[str, str]:
+                   margin: float = SPARSE_MARGIN, bucket: int | None = None) -> tuple[str, str]:
     """Pick the backend for one call; returns ``(backend, why)``.
 
     ``requested``: the forced backend from :func:`requested_backend` (``None``: automatic).
@@ -151,7 +177,9 @@ def choose_backend(requested: str | None, *, device_type: str, unavailable: Mapp
     or ``None``; ``measure(backends)`` produces them when allowed (``None`` during tracing, graph
     capture or with autotune off). Rules: forced wins (raises when unavailable); otherwise the
     compact kernel (``sparse24``, always held) unless a held tensor-core backend measured at least
-    ``margin`` faster than it on CUDA. Never dense in automatic mode: it is not held.
+    ``margin`` faster than it on CUDA. With nothing measured and nothing measurable, the static default
+    for ``bucket``: CUTLASS (when usable) from ``STATIC_TENSOR_CORE_MIN_TOKENS`` tokens up. Never dense in
+    automatic mode: it is not held.
     """
     if requested is not None:
         if requested not in BACKENDS:
@@ -169,6 +197,9 @@ def choose_backend(requested: str | None, *, device_type: str, unavailable: Mapp
         return "sparse24", f"{device_type} tensors run the compact 2:4 kernel"
     if timings is None:
         if measure is None:
+            if "cutlass" in usable and bucket is not None and bucket >= STATIC_TENSOR_CORE_MIN_TOKENS:
+                return "cutlass", (f"static default: CUTLASS on the compact weight for >= "
+                                   f"{STATIC_TENSOR_CORE_MIN_TOKENS} tokens (nothing measured for this bucket)")
             return "sparse24", ("compact 2:4 kernel: no measured entry for this token bucket and timing is not "
                                 "possible now (torch.compile tracing / CUDA-graph capture / autotune off)")
         timings = measure(usable + ["sparse24"])
@@ -190,14 +221,19 @@ def _cslt_matmul(x2: torch.Tensor, compressed: torch.Tensor, out_features: int, 
     return torch.ops.ria_kernels.cslt_mm(x2, compressed, out_features, bias, None, alg, split_k, mode)
 
 
+def _cutlass_matmul(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """The extension's CUTLASS matmul on the compact values + metadata in its order (the metadata dtype
+    says which kernel: sparse_mm.cutlass_mm_op). Unchecked hot path; a seam for CPU tests."""
+    return sparse_mm.cutlass_mm_op(meta)(x2, values, meta, bias, None)
+
+
 def _compress_for_backend(backend: str, dense: torch.Tensor):
     """The compressed copy ``backend`` runs, from the (2:4, signed-zero-normalised here) dense
-    weight: cuSPARSELt's opaque buffer, CUTLASS's (values, metadata), or torch's 2:4 tensor."""
+    weight: cuSPARSELt's opaque buffer or torch's 2:4 tensor."""
     dense = positive_zeros(dense).contiguous()
     if backend == "cusparselt":
         return sparse_mm.cslt_compress(dense)
-    if backend == "cutlass":
-        return tuple(sparse_mm.cutlass_compress(dense))
     if backend == "torch_semi_structured":
         return torch_semi_structured(dense)
-    raise RiaInputError(f"{backend!r} is not a tensor-core backend {TENSOR_CORE_BACKENDS}")
+    raise RiaInputError(f"{backend!r} holds no copy of its own (copy backends: {COPY_BACKENDS})")

@@ -3,7 +3,9 @@
 The format itself (kept values ``[N, K/2]`` + packed 4-bit in-group codes, row-major) is defined and
 converted by :mod:`ria_kernels.ops.sparse24_mm` (``compress_24`` / ``decompress_24``); this file holds
 what the module adds around it: the 2:4 pattern check and the signed-zero normalisation every
-compressor gets its weight through.
+compressor gets its weight through. On a GPU the metadata is held in the order of the device's CUTLASS
+kernel (:mod:`ria_kernels.ops.sparse24_layout`: ``compact_to_layout`` / ``layout_to_compact``, exact
+inverses); checkpoints and ``state_dict`` always hold the row-major order.
 """
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ import torch
 
 from .._errors import RiaInputError
 from ..ops.sparse24_mm import SUPPORTED_DTYPES as SPARSE24_DTYPES
+from ..ops.sparse24_layout import LAYOUTS as META_LAYOUTS
+from ..ops.sparse24_layout import compact_to_layout, layout_meta_spec, layout_to_compact
 from ..ops.sparse24_mm import compress_24, decompress_24
 
-__all__ = ["SPARSE24_DTYPES", "check_2to4", "compress_24", "decompress_24", "is_2to4", "positive_zeros"]
+__all__ = ["META_LAYOUTS", "SPARSE24_DTYPES", "check_2to4", "compact_to_layout", "compress_24", "decompress_24",
+           "is_2to4", "layout_meta_spec", "layout_to_compact", "positive_zeros"]
 
 
 def positive_zeros(weight: torch.Tensor) -> torch.Tensor:
