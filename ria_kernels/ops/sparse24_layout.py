@@ -192,29 +192,29 @@ def meta_layout_for(device_capability: Optional[tuple[int, int]], n: int, k: int
     return "rowmajor"
 
 
-def compact_to_layout(meta: torch.Tensor, n: int, k: int, layout: str) -> torch.Tensor:
-    """The compact ``meta [n, ceil(k/8)]`` in ``layout`` (one of :data:`LAYOUTS`); ``"rowmajor"`` returns
-    ``meta`` itself."""
+def _convert(meta: torch.Tensor, n: int, k: int, layout: str, direction: int) -> torch.Tensor:
     if layout == "rowmajor":
         _check_tensor(meta, (n, (k + 7) // 8), torch.uint8, f"compact meta (n={n}, k={k})")
         return meta
-    if layout == "sm80":
-        return compact_to_sm80_meta(meta, n, k)
-    if layout == "sm90":
-        return compact_to_sm90_meta(meta, n, k)
-    raise RiaInputError(f"metadata layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout not in _CONVERTERS:
+        raise RiaInputError(f"metadata layout must be one of {LAYOUTS}, got {layout!r}")
+    return _CONVERTERS[layout][direction](meta, n, k)
+
+
+def compact_to_layout(meta: torch.Tensor, n: int, k: int, layout: str) -> torch.Tensor:
+    """The compact ``meta [n, ceil(k/8)]`` in ``layout`` (one of :data:`LAYOUTS`); ``"rowmajor"`` returns
+    ``meta`` itself."""
+    return _convert(meta, n, k, layout, 0)
 
 
 def layout_to_compact(meta: torch.Tensor, n: int, k: int, layout: str) -> torch.Tensor:
     """Inverse of :func:`compact_to_layout`: the compact ``meta [n, ceil(k/8)]`` uint8 (the checkpoint format)."""
-    if layout == "rowmajor":
-        _check_tensor(meta, (n, (k + 7) // 8), torch.uint8, f"compact meta (n={n}, k={k})")
-        return meta
-    if layout == "sm80":
-        return sm80_to_compact_meta(meta, n, k)
-    if layout == "sm90":
-        return sm90_to_compact_meta(meta, n, k)
-    raise RiaInputError(f"metadata layout must be one of {LAYOUTS}, got {layout!r}")
+    return _convert(meta, n, k, layout, 1)
+
+
+# layout -> (from compact, to compact)
+_CONVERTERS = {"sm80": (compact_to_sm80_meta, sm80_to_compact_meta),
+               "sm90": (compact_to_sm90_meta, sm90_to_compact_meta)}
 
 
 def layout_meta_spec(n: int, k: int, layout: str, meta: Optional[torch.Tensor] = None) -> tuple[torch.dtype, tuple[int, int]]:
