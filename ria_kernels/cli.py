@@ -829,11 +829,11 @@ def run(args, argv: list[str] | None = None) -> dict:
                          layer_sparsities=layer_sparsities, progress=progress, **prune_kwargs)
     timings["prune"] = report.total_time_s
     result["pruning"] = report.to_dict()
-    solvers = sorted({s.get("lsa_solver") for s in report.permutation_stats.values() if s.get("lsa_solver")})
+    perm = result["pruning"]["permutation"] or {}
     result["backends"] = {"score": report.backend.get("score"), "mask": report.backend.get("mask"),
                           "sparsegpt": report.backend.get("sparsegpt"), "alps": report.backend.get("alps"),
-                          "device": report.backend.get("device", ""),
-                          "lsa_solver": ",".join(solvers) if solvers else None}
+                          "device": report.backend.get("device", ""), "lsa_solver": perm.get("lsa_solver"),
+                          "permutation_gain": perm.get("gain_backend")}
     if eval_ids is not None:
         t = time.perf_counter()
         res = evaluate_perplexity(model, eval_ids, seqlen, desc="pruned perplexity", **ev)
@@ -1011,6 +1011,13 @@ def _summary(r: dict) -> str:
     b = {k: v for k, v in r["backends"].items() if v and k != "sparse_linear"}
     lines.append(f"  pruning time: {p['total_time_s']:.2f} s   backend: " + ", ".join(f"{k}={v}" for k, v in b.items())
                  + f"   threads: {r['machine']['torch_threads']}")
+    cp = p.get("permutation")
+    if cp:
+        how = (f"blocks={cp['blocks']}" + (f" (used {','.join(map(str, cp['blocks_used']))})"
+                                           if cp["blocks_used"] and cp["blocks_used"] != [cp["blocks"]] else "")
+               + f", gain {cp['gain_backend']}, LSA {cp['lsa_solver']}") if cp["lsa"] else "allocation only (--no-lsa)"
+        slowest = f", slowest layer {cp['max_layer_time_s']:.2f} s" if cp["max_layer_time_s"] is not None else ""
+        lines.append(f"  channel permutation: {cp['time_s']:.2f} s over {cp['problems']} problems{slowest}; {how}")
     if r.get("zero_shot"):
         lines.append("  zero-shot: " + json.dumps(r["zero_shot"]))
     lines.append(f"  total time: {r['timings_s']['total']:.1f} s")

@@ -73,6 +73,7 @@ class LayerReport:
     linears: dict[str, LinearReport] = field(default_factory=dict)
     time_s: float = 0.0           # whole layer: stats pass + pruning + output recompute
     stats_time_s: float = 0.0
+    permutation_time_s: float | None = None   # channel-permutation search, summed over the layer's groups
 
     @property
     def kept(self) -> int:
@@ -87,9 +88,12 @@ class LayerReport:
         return 1.0 - self.kept / self.total if self.total else 0.0
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "target_sparsity": float(self.target_sparsity),
-                "actual_sparsity": self.actual_sparsity, "time_s": self.time_s, "stats_time_s": self.stats_time_s,
-                "linears": {n: r.to_dict() for n, r in self.linears.items()}}
+        out = {"index": self.index, "target_sparsity": float(self.target_sparsity),
+               "actual_sparsity": self.actual_sparsity, "time_s": self.time_s, "stats_time_s": self.stats_time_s,
+               "linears": {n: r.to_dict() for n, r in self.linears.items()}}
+        if self.permutation_time_s is not None:
+            out["permutation_time_s"] = self.permutation_time_s
+        return out
 
 
 @dataclass
@@ -112,6 +116,7 @@ class PruneReport:
     layers: list[LayerReport] = field(default_factory=list)
     permutations: dict[str, torch.Tensor] = field(default_factory=dict)
     permutation_stats: dict[str, dict] = field(default_factory=dict)
+    permutation_blocks: int | None = None     # the blocks (LSA communities) asked for, with permute
     capture_time_s: float = 0.0
     total_time_s: float = 0.0
     stage_times_s: dict[str, float] = field(default_factory=dict)  # STAGES -> seconds, summed over layers
@@ -128,6 +133,24 @@ class PruneReport:
     def actual_sparsity(self) -> float:
         """Pruned fraction over all pruned linears (embeddings / head excluded)."""
         return 1.0 - self.kept / self.total if self.total else 0.0
+
+    def permutation_summary(self) -> dict | None:
+        """What the channel-permutation search used and cost over the whole run (None without it):
+        the blocks asked for and the effective values (capped at the groups of M of an input), the
+        gain backends and LSA solvers that ran, the number of problems, total and slowest layer's
+        search seconds."""
+        if not self.permute:
+            return None
+        stats = self.permutation_stats.values()
+        layer_s = [la.permutation_time_s for la in self.layers if la.permutation_time_s is not None]
+        return {"blocks": self.permutation_blocks,
+                "blocks_used": sorted({s["blocks"] for s in stats if s.get("blocks") is not None}),
+                "lsa": any(s.get("lsa_solver") for s in stats),
+                "gain_backend": ",".join(sorted({s["gain_backend"] for s in stats if s.get("gain_backend")})) or None,
+                "lsa_solver": ",".join(sorted({s["lsa_solver"] for s in stats if s.get("lsa_solver")})) or None,
+                "problems": len(self.permutation_stats),
+                "time_s": float(sum(s["time_s"] for s in stats)),
+                "max_layer_time_s": max(layer_s) if layer_s else None}
 
     def to_dict(self) -> dict:
         """JSON-safe summary, numbers as numbers (permutations are listed by name; the tensors
@@ -150,6 +173,7 @@ class PruneReport:
             "layers": [layer.to_dict() for layer in self.layers],
             "permutations": sorted(self.permutations),
             "permutation_stats": self.permutation_stats,
+            "permutation": self.permutation_summary(),
         })
 
     def save_permutations(self, path: str | Path) -> Path:
@@ -338,6 +362,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor, *, method: str = "r
                          family=adapter.family, nsamples=int(calibration.shape[0]),
                          seqlen=int(calibration.shape[1]), reconstruction=reconstruction is not None,
                          reconstruction_kind=reconstruction, permute=bool(permute), backend=backends,
+                         permutation_blocks=int(blocks) if permute else None,
                          layer_sparsities=None if layer_sparsities is None else [float(s) for s in layer_sparsities])
     was_training = model.training
     model.eval()
@@ -386,6 +411,8 @@ def _run(model, adapter, calibration, report, spec, method, a, per_output, layer
             report.stage_times_s["recompute"] += time.perf_counter() - t_rec
             lrep.time_s = time.perf_counter() - t_layer
             report.layers.append(lrep)
+            if lrep.permutation_time_s is not None:
+                _log_layer_permutation(report, adapter, i, lrep)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(_postfix(lrep))
@@ -396,9 +423,12 @@ def _run(model, adapter, calibration, report, spec, method, a, per_output, layer
 
 
 def _postfix(lrep: LayerReport) -> dict[str, str]:
-    """Progress-bar fields of one finished layer: sparsity, and where measured the worst
-    linear's output error, the most ALPS iterations and the largest last support change."""
+    """Progress-bar fields of one finished layer: sparsity, its channel-permutation search seconds
+    (with permute), and where measured the worst linear's output error, the most ALPS iterations
+    and the largest last support change."""
     out = {"sparsity": f"{lrep.actual_sparsity:.3f}"}
+    if lrep.permutation_time_s is not None:
+        out["perm"] = f"{lrep.permutation_time_s:.2f} s"
     lins = lrep.linears.values()
     errs = [r.output_error for r in lins if r.output_error is not None]
     if errs:
@@ -411,6 +441,20 @@ def _postfix(lrep: LayerReport) -> dict[str, str]:
     if cg:
         out["cg_it"] = str(max(cg))
     return out
+
+
+def _log_layer_permutation(report: PruneReport, adapter: ModelAdapter, index: int, lrep: LayerReport) -> None:
+    """One INFO line per layer: how long its channel-permutation search took, per problem, and with
+    which blocks, gain backend and LSA solver."""
+    prefix = f"{adapter.full_name(index, '')}."
+    stats = {k[len(prefix):]: s for k, s in report.permutation_stats.items() if k.startswith(prefix)}
+
+    def used(field: str, none: str) -> str:
+        return ",".join(sorted({str(s[field]) for s in stats.values() if s.get(field) is not None})) or none
+
+    logger.info("layer %d: channel permutation %.2f s (%s; blocks=%s, gain %s, LSA %s)", index,
+                lrep.permutation_time_s, ", ".join(f"{g} {s['time_s']:.2f} s" for g, s in stats.items()),
+                used("blocks", "-"), used("gain_backend", "none"), used("lsa_solver", "none (allocation only)"))
 
 
 def _backends(adapter: ModelAdapter, spec: SparsitySpec, method: str, backend) -> dict[str, str]:
@@ -533,8 +577,13 @@ def _prune_group(adapter, layer_index, group, linears, stats: dict[str, LinearSt
     if perm_result is not None:
         key = f"{adapter.full_name(layer_index, '')}.{group.name}"
         perm_cpu = perm_result.perm.detach().to("cpu", torch.long)
+        # blocks: the communities the search ran with (channel_permutation caps them at the groups of M)
         report.permutation_stats[key] = {"linears": list(names), "retained": dict(perm_result.retained),
-                                         "time_s": float(perm_result.time_s), "lsa_solver": perm_result.solver}
+                                         "time_s": float(perm_result.time_s), "lsa_solver": perm_result.solver,
+                                         "gain_backend": perm_result.gain_backend,
+                                         "blocks": min(blocks, perm_cpu.numel() // spec.m) if lsa else None,
+                                         "rounds_accepted": int(perm_result.rounds_accepted)}
+        lrep.permutation_time_s = (lrep.permutation_time_s or 0.0) + float(perm_result.time_s)
         for n in names:
             report.permutations[adapter.full_name(layer_index, n)] = perm_cpu
     if originals:

@@ -93,3 +93,73 @@ def test_bad_shape_is_a_one_line_usage_error():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_permutation.py"), "--shapes", "llama9",
                           "--dry-run", "--device", "cpu"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "neither a model" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_parse_blocks_takes_one_value_or_a_comma_list(bench):
+    assert bench.parse_blocks("4") == [4]
+    assert bench.parse_blocks(" 1,2, 4,8,16 ") == [1, 2, 4, 8, 16]
+    for bad, msg in (("0", "integer >= 1"), ("2,x", "integer >= 1"), ("-1", "integer >= 1"), ("2,2", "twice"),
+                     (",", "no value")):
+        with pytest.raises(ValueError, match=msg):
+            bench.parse_blocks(bad)
+
+
+def test_shapes_plan_with_blocks_is_innermost(bench):
+    cases = bench.shapes_plan(bench.parse_shapes("8x16,16x32"), [(2, 4)], ["scipy"], [1, 4], max_rounds=2)
+    assert [(c["problem"], c["blocks"], c["max_rounds"]) for c in cases] == [
+        ("8x16", 1, 2), ("8x16", 4, 2), ("16x32", 1, 2), ("16x32", 4, 2)]
+
+
+def _table_payload():
+    row = {"method": "ria_kernels", "model": "llama2-7b", "pattern": "2:4", "solver": "scipy", "max_rounds": None,
+           "rows": 8, "cols": 16, "lsa_s": 0.5, "gain_s": 0.25, "loadavg_before": [0.5, 0, 0],
+           "loadavg_after": [1.5, 0, 0]}
+    rows = [dict(row, problem="o", blocks=1, time_s=4.0, retained_lsa=200.0, gain_pct=6.0),
+            dict(row, problem="o", blocks=4, time_s=1.0, retained_lsa=199.0, gain_pct=5.5),
+            dict(row, problem="down", blocks=2, time_s=2.0, retained_lsa=50.0, gain_pct=1.0)]
+    return {"env": {"date": "2026-12-03T14:00:00+00:00", "device": "cpu"}, "rows": rows,
+            "machine": {"cpu": "Some CPU", "cpus": 2}, "threads": 2, "omp_num_threads": "2",
+            "command": "python bench_permutation.py --blocks 1,4", "score_matrix": "make_score",
+            "estimate": [{"model": "llama2-7b", "pattern": "2:4", "solver": "scipy", "blocks": 4, "max_rounds": None,
+                          "layer_s": 3.0, "layers": 32, "model_min": 1.6}]}
+
+
+def test_blocks_table_is_relative_to_blocks_1_of_the_same_problem(bench):
+    md = bench.blocks_table_md(_table_payload())
+    lines = md.splitlines()
+    o4 = next(ln for ln in lines if ln.startswith("| llama2-7b | o |") and "| 4 |" in ln)
+    assert f"| {199.0 / 200.0:.5f} | {4.0 / 1.0:.1f}x |" in o4 and "| +5.50 |" in o4
+    o1 = next(ln for ln in lines if ln.startswith("| llama2-7b | o |") and "| 1 |" in ln)
+    assert "| 1.00000 | 1.0x |" in o1
+    down = next(ln for ln in lines if ln.startswith("| llama2-7b | down |"))
+    assert "| - | - |" in down   # no blocks=1 row of that problem in the file: no ratio
+    for needle in ("2026-12-03T14:00:00+00:00", "Some CPU", "0.50-1.50", "`python bench_permutation.py --blocks 1,4`",
+                   "| llama2-7b | 2:4 | scipy | 4 | 3.0 | 32 | 1.6 |"):
+        assert needle in md, needle
+
+
+def test_table_flag_renders_a_result_file(tmp_path):
+    import json
+    src, out = tmp_path / "rows.json", tmp_path / "table.md"
+    src.write_text(json.dumps(_table_payload()))
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_permutation.py"), "--table", str(src),
+                        "--table-out", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert f"from `{src}`" in out.read_text() and "| llama2-7b | o |" in out.read_text()
+
+
+@pytest.mark.parametrize("argv,msg", [(["--blocks", "2"], "--blocks needs --shapes"),
+                                      (["--shapes", "8x16", "--blocks", "0"], "integer >= 1"),
+                                      (["--table-out", "x.md"], "--table-out needs --table")])
+def test_blocks_and_table_argument_errors(argv, msg):
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_permutation.py"), *argv, "--dry-run",
+                        "--device", "cpu"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr
+
+
+def test_dry_run_lists_one_case_per_blocks_value():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_permutation.py"), "--shapes", "4096x11008",
+                          "--patterns", "2:4", "--solvers", "scipy", "--blocks", "1,4,16", "--dry-run", "--device",
+                          "cpu"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "3 cases" in out.stdout and all(f"blocks={b} " in out.stdout for b in (1, 4, 16))

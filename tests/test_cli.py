@@ -322,6 +322,31 @@ def test_row7_sparse_inference_says_what_ran(tiny_checkpoint):
     assert "2:4 linears only" in line
 
 
+def test_permute_says_blocks_backend_solver_and_per_layer_search_time(tiny_checkpoint):
+    """Issue #26 item 6: with --permute the log has one line per layer (search seconds, blocks, gain
+    backend, LSA solver), the progress bar a perm field, the summary a channel-permutation line and
+    the JSON report the same numbers (valid against the schema)."""
+    from ria_kernels.run_report import validate_report
+    d = tiny_checkpoint
+    args = [a if a != "--quiet" else "-v" for a in _args(d, "--sparsity-type", "2:4", "--permute", "--blocks", "2",
+                                                          "--no-eval", "--json", d / "r.json")]
+    p = cli(*args)
+    assert p.returncode == 0, p.stderr
+    r = json.loads((d / "r.json").read_text())
+    validate_report(r)
+    cp = r["pruning"]["permutation"]
+    assert cp["blocks"] == 2 and cp["blocks_used"] == [2] and cp["lsa"] is True and cp["problems"] == 2 * 4
+    assert r["backends"]["permutation_gain"] == cp["gain_backend"] and r["backends"]["lsa_solver"] == cp["lsa_solver"]
+    layer_s = [la["permutation_time_s"] for la in r["pruning"]["layers"]]
+    assert len(layer_s) == 2 and cp["time_s"] == pytest.approx(sum(layer_s))
+    for i in range(2):
+        line = next(ln for ln in p.stderr.splitlines() if f"ria_kernels: layer {i}: channel permutation" in ln)
+        assert f"blocks=2, gain {cp['gain_backend']}, LSA {cp['lsa_solver']}" in line
+    assert "perm=" in p.stderr  # the tqdm postfix of a finished layer
+    assert (f"channel permutation: {cp['time_s']:.2f} s over 8 problems, slowest layer {cp['max_layer_time_s']:.2f} s; "
+            f"blocks=2, gain {cp['gain_backend']}, LSA {cp['lsa_solver']}") in p.stdout
+
+
 def test_permute_save_then_sparse_inference_from_the_checkpoint(tiny_checkpoint):
     """--permute --save writes the permutations beside the checkpoint; a reloaded checkpoint
     converts to the same logits."""

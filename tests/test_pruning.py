@@ -322,3 +322,53 @@ def test_reconstruction_ls_same_mask_lower_error_than_obs():
 def test_reconstruction_values(rec):
     from ria_kernels.pruning import normalize_reconstruction
     assert normalize_reconstruction(rec) == ("obs" if rec else None)
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_permute_reports_blocks_gain_solver_and_search_time_per_layer(blocks, caplog):
+    """Issue #26 item 6: each group's stats name its blocks / gain backend / LSA solver, each layer
+    carries its search seconds (the sum over its groups), the run a summary, the log one INFO line
+    per layer and the progress bar a "perm" field."""
+    import logging
+    from ria_kernels.pruning import _postfix
+    model = make_tiny_model("llama")
+    with caplog.at_level(logging.INFO, logger="ria_kernels"):
+        report = prune_model(model, make_calibration(), method="ria", sparsity="2:4", permute=True, blocks=blocks,
+                             progress=False)
+    adapter = get_adapter(model)
+    stats = report.permutation_stats
+    assert len(stats) == 2 * len(adapter.groups)
+    for st in stats.values():
+        assert st["blocks"] == blocks and st["gain_backend"] in ("native", "torch")
+        assert st["lsa_solver"] in ("lapjv", "scipy") and 0 <= st["rounds_accepted"] <= 4
+    for i, lrep in enumerate(report.layers):
+        mine = [s["time_s"] for k, s in stats.items() if k.startswith(f"{adapter.full_name(i, '')}.")]
+        assert len(mine) == len(adapter.groups) and lrep.permutation_time_s == pytest.approx(sum(mine))
+        assert _postfix(lrep)["perm"] == f"{lrep.permutation_time_s:.2f} s"
+        assert lrep.to_dict()["permutation_time_s"] == lrep.permutation_time_s
+    summary = json.loads(json.dumps(report.to_dict()))["permutation"]
+    assert summary["blocks"] == blocks and summary["blocks_used"] == [blocks] and summary["lsa"] is True
+    assert summary["problems"] == len(stats)
+    assert summary["time_s"] == pytest.approx(sum(s["time_s"] for s in stats.values()))
+    assert summary["max_layer_time_s"] == pytest.approx(max(la.permutation_time_s for la in report.layers))
+    assert summary["gain_backend"] == ",".join(sorted({s["gain_backend"] for s in stats.values()}))
+    lines = [r.getMessage() for r in caplog.records if "channel permutation" in r.getMessage()]
+    assert len(lines) == len(report.layers)
+    for i, line in enumerate(lines):
+        assert line.startswith(f"layer {i}: channel permutation ") and f"blocks={blocks}," in line
+        assert f"LSA {summary['lsa_solver']}" in line and f"gain {summary['gain_backend']}" in line
+        assert all(f"{g.name} " in line for g in adapter.groups)
+
+
+def test_permute_without_lsa_and_without_permute_report_no_search_fields():
+    from ria_kernels.pruning import _postfix
+    report = prune_model(make_tiny_model("llama"), make_calibration(), sparsity="2:4", permute=True, lsa=False,
+                         progress=False)
+    summary = report.to_dict()["permutation"]
+    assert summary["lsa"] is False and summary["lsa_solver"] is None and summary["gain_backend"] is None
+    assert summary["blocks_used"] == [] and all(s["blocks"] is None for s in report.permutation_stats.values())
+    assert all(la.permutation_time_s is not None for la in report.layers)
+    plain = prune_model(make_tiny_model("llama"), make_calibration(), sparsity="2:4", progress=False)
+    d = plain.to_dict()
+    assert d["permutation"] is None and "permutation_time_s" not in d["layers"][0]
+    assert "perm" not in _postfix(plain.layers[0])
