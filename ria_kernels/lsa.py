@@ -58,7 +58,7 @@ import torch
 from ._errors import BackendUnavailableError, RiaInputError
 from ._logging import log_once
 
-SOLVERS = ("lapjv", "scipy", "auction")
+SOLVERS = ("sparse", "lapjv", "scipy", "auction")
 _ENV = "RIA_KERNELS_LSA_SOLVER"
 _REL_EPS = 1e-6     # default final eps: total within 1e-6 * (max - min) of the optimum
 _EPS_START = 0.05   # first phase eps = scale / 20
@@ -85,11 +85,12 @@ def lapjv_available() -> bool:
 
 
 def resolve_solver(gain: torch.Tensor, solver: str | None = None) -> str:
-    """The one dispatch point: explicit ``solver``, then ``RIA_KERNELS_LSA_SOLVER``, then
-    ``scipy`` (exact; the automatic choice: on a quiet 2-core CPU, 2026-11-30, the whole
-    8192x8192 2:4 search spent 11.5 s in scipy vs 23.3 s in lapjv, 4096x4096 1.6 s vs 3.0 s,
-    same permutation: ``benchmarks/results/permutation_cpu_acceptance.json``). ``lapjv``
-    (exact too) is opt-in.
+    """The one dispatch point: explicit ``solver``, then ``RIA_KERNELS_LSA_SOLVER``, then the
+    automatic choice: ``sparse`` (exact, native; :mod:`ria_kernels.lsa_sparse`) where it builds,
+    else ``scipy`` with a logged warning. Measured on the 2-core CPU, 2026-12-03 (load 2-3.5,
+    shared): the whole 8192x8192 2:4 search's LSA stage and the LLaMA-2-7B down_proj problem
+    4096x11008 (see the module doc for the numbers and result files). ``lapjv`` (exact too) and
+    the auction are opt-in.
 
     The auction stays opt-in: on the permutation search's gain matrices it needed ~55k
     bidding iterations for one 2048x2048 round and ran 7-90x slower than scipy on a CPU
@@ -101,12 +102,24 @@ def resolve_solver(gain: torch.Tensor, solver: str | None = None) -> str:
             raise RiaInputError(f"solver ({source}) must be one of {SOLVERS + ('auto',)} or None, got {forced!r}")
         forced = forced.lower()
     if forced in (None, "auto"):
-        choice = "scipy"
+        from . import lsa_sparse
+        lib, why = lsa_sparse.native_lib()
+        if lib is not None:
+            choice = "sparse"
+        else:
+            choice = "scipy"
+            log_once(("lsa", "sparse-fallback"), "linear_sum_assignment: native sparse solver unavailable (%s); "
+                     "solver=scipy", why, level=30)
     else:
         choice = forced
     if choice == "lapjv" and not lapjv_available():
         raise BackendUnavailableError("linear_sum_assignment: solver 'lapjv' needs the lapx package "
                                       "(pip install lapx, or ria-kernels[fast])")
+    if choice == "sparse":
+        from . import lsa_sparse
+        lib, why = lsa_sparse.native_lib()
+        if lib is None:
+            raise BackendUnavailableError(f"linear_sum_assignment: solver 'sparse' unavailable: {why}")
     if choice == "scipy":
         try:
             import scipy.optimize  # noqa: F401
@@ -150,6 +163,8 @@ def linear_sum_assignment(gain: torch.Tensor, *, solver: str | None = None,
         return empty, empty.clone()
     if choice == "lapjv":
         return _lapjv(gain)
+    if choice == "sparse":
+        return _sparse(gain)
     if choice == "scipy":
         from scipy.optimize import linear_sum_assignment as _scipy_lsa
         rows, cols = _scipy_lsa(gain.detach().double().cpu().numpy(), maximize=True)
@@ -163,6 +178,23 @@ def linear_sum_assignment(gain: torch.Tensor, *, solver: str | None = None,
         a = torch.cat([a, a.new_zeros(c - r, c)], dim=0)
     res = auction(a, eps=eps)
     return torch.arange(r, device=dev), res.cols[:r]
+
+
+def _sparse(gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The native sparse-candidate solver on a square float64 problem: ``rows < cols`` padded with
+    zero rows (constant rows leave the real rows' optimal choice unchanged), ``rows > cols`` transposed."""
+    from .lsa_sparse import sparse_lap
+    r, c = gain.shape
+    dev = gain.device
+    if r > c:
+        cols_t, rows_t = _sparse(gain.t())
+        order = torch.argsort(rows_t)
+        return rows_t[order], cols_t[order]
+    a = gain.detach().to("cpu", torch.float64)
+    if r < c:
+        a = torch.cat([a, a.new_zeros(c - r, c)], dim=0)
+    cols = sparse_lap(a).cols[:r]
+    return torch.arange(r, device=dev), cols.to(dev)
 
 
 def _lapjv(gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
