@@ -10,7 +10,7 @@ from ria_kernels.lsa import auction, lapjv_available, linear_sum_assignment, res
 
 SIZES = [1, 2, 7, 64, 257]
 needs_lapjv = pytest.mark.skipif(not lapjv_available(), reason="optional lapx not installed")
-EXACT = ["scipy"] + (["lapjv"] if lapjv_available() else [])
+EXACT = ["scipy"] + (["lapjv"] if lapjv_available() else []) + (["sparse"] if lsa_sparse.available() else [])
 
 
 def _optimum(a: torch.Tensor) -> float:
