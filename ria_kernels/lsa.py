@@ -30,17 +30,29 @@ column ``cols[k]`` (``rows`` ascending, like scipy). Solvers:
   as scipy; a CUDA tensor is copied to the host and the result back. Measured on one
   round's gain of the permutation search (heavy-tailed 8192x8192 score, 2:4 -> 2048x2048
   gain, loaded 2-core CPU, 2026-11-30): lapjv 4.6 s, scipy 25.3 s, same assignment; at
-  1024x1024: 0.65 s vs 2.0 s. Over whole searches on a quiet machine it is slower than scipy
+  1024x1024: 0.65 s vs 2.0 s. Over whole searches on a quiet machine it was slower than scipy
   (later rounds are harder for it), so it is opt-in. (lapx's float32 mode is faster still but
   picked assignments 1e-10 to 1.6e-7 (relative) below the optimum, so it is not used.)
 
-* ``None`` / ``"auto"``: ``scipy`` on every device (measured faster than lapjv over whole
-  searches on a quiet CPU, see :func:`resolve_solver`; lapjv won single first rounds under load). The auction is opt-in: on a contended 2-core CPU (2048x2048 gain of one search
+* ``"sparse"``: exact, native (C++ built with the system compiler, :mod:`ria_kernels.lsa_sparse`):
+  shortest augmenting paths on each row's top-k candidate columns, widened lazily whenever a
+  bound on the row's other columns could matter, and a dense dual proof at the end
+  (``max_j (gain_ij - v_j)`` is attained by every row's column to ``1e-12 * max|gain|``; the
+  certified gap to the optimum is returned by ``sparse_lap``). CPU; a CUDA tensor is copied to
+  the host and the result back. Measured on the 2-core CPU shared with other jobs (load 3.8-4.7,
+  2026-12-03, ``OMP_NUM_THREADS=2``): the 8192x8192 2:4 search's LSA stage 10.8 s vs scipy's
+  26.5 s in the same run (rounds 3.0 / 4.1 / 1.7 / 2.1 s vs 11.5 / 12.0 / 2.0 / 1.1 s), the
+  LLaMA-2-7B down_proj problem 4096x11008 17.4 s vs 54.6 s, the same retained score
+  (``benchmarks/results/permutation_cpu_sparse_lap_8192.json``, ``..._down7b.json``). On
+  problems below a few hundred rows it is slower than scipy by about a millisecond.
+
+* ``None`` / ``"auto"``: ``sparse`` where it builds, else ``scipy`` with a logged warning (see
+  :func:`resolve_solver`). The auction is opt-in: on a contended 2-core CPU (2048x2048 gain of one search
   round on a 128x8192 RIA-like score) scipy took 8.9 s, the auction 58 s (55,512 bidding
   iterations, 15 phases, gap 1.5e-11); random 2048x2048: scipy 0.37 s, auction 32 s
   (7,367 iterations). Its GPU time is not measured yet: the structured gains need many
   iterations whose tail has one bidder, so the GPU time is bound by per-iteration launch
-  latency. Env override: ``RIA_KERNELS_LSA_SOLVER=lapjv|scipy|auction|auto``; an explicit
+  latency. Env override: ``RIA_KERNELS_LSA_SOLVER=sparse|lapjv|scipy|auction|auto``; an explicit
   ``solver=`` wins. The choice is logged once per (solver, device type).
 
 Rectangular problems: ``rows <= cols`` is solved as a square problem padded with
@@ -152,7 +164,7 @@ def linear_sum_assignment(gain: torch.Tensor, *, solver: str | None = None,
                           eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Assignment maximising ``gain[rows, cols].sum()``; LongTensors on ``gain``'s device.
 
-    ``eps`` is the auction's final epsilon (ignored by lapjv and scipy, which are exact)."""
+    ``eps`` is the auction's final epsilon (ignored by sparse, lapjv and scipy, which are exact)."""
     _check_gain(gain)
     _check_eps(eps)
     choice = resolve_solver(gain, solver)

@@ -28,11 +28,13 @@ Starting prices (speed only, every start gives the optimum): zero, or column red
 permutation search's first rounds, whose gains carry a large positive offset per candidate
 (near-additive: ``min >= 0.1 * mean``); zero prices won on the later rounds (small gains, many
 exact zeros). ``start="auto"`` picks by that test. Measured on the 4 rounds' 2048x2048 gains of
-the 8192x8192 2:4 search (heavy-tailed score of ``benchmarks/bench_permutation.py``, the same
-problems scipy solved in 7.5 / 10.3 / 1.8 / 1.2 s, 2-core CPU at load 2-3.5, 2026-12-03): column
-reduction 1.8-2.6 / 3.6 / 7.0 / 7.4 s, zero prices 11-17 / 11.8 / 1.0 / 1.5 s, the same optimum
-every time. Warm starts from the previous round's prices (``prices=``) measured slower on rounds
-1-3 (4.7 / 6.8 / 13.9 s): a new block position is a new problem.
+the 8192x8192 2:4 search (``benchmarks/bench_sparse_lap.py``, 2-core CPU shared with other jobs
+at load 5.8-6.6, 2026-12-03: ``benchmarks/results/sparse_lap_rounds_8192.json``), seconds per
+round 0 / 1 / 2 / 3: scipy 19.3 / 29.6 / 6.2 / 1.4; auto 4.1 / 9.0 / 3.2 / 2.8; zero prices
+20.6 / 31.7 / 4.2 / 2.9; column reduction 4.2 / 8.8 / 22.5 / 15.3; the same optimum every time.
+A warm start from the previous round's final prices (``start="prices"``) was slower than
+``auto`` on every round (14.5 / 13.4 / 21.0 s for rounds 1-3): a new block position is a new
+problem, and the old prices send every row to the same few columns.
 """
 from __future__ import annotations
 
