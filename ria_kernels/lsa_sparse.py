@@ -21,7 +21,8 @@ native C++ solver (built with the system C++ compiler into ``$RIA_KERNELS_CACHE_
   ``best_i - own_i > tol`` (float rounding; not seen on any test or benchmark matrix) is widened,
   re-priced to ``best_i`` and re-augmented, warm from the current duals and matching, until none
   is left. ``tol = 1e-12 * max|gain|``, so the total is within ``n * tol`` of the optimum; on
-  integer matrices every dual stays an integer and the result is exactly optimal.
+  integer matrices (zero or column start) every dual stays an integer and the result is exactly
+  optimal.
 
 Starting prices (speed only, every start gives the optimum): zero, or column reduction
 (``V_j = max_i gain_ij``, Jonker-Volgenant's first step). Column reduction won on the
@@ -33,8 +34,10 @@ at load 5.8-6.6, 2026-12-03: ``benchmarks/results/sparse_lap_rounds_8192.json``)
 round 0 / 1 / 2 / 3: scipy 19.3 / 29.6 / 6.2 / 1.4; auto 4.1 / 9.0 / 3.2 / 2.8; zero prices
 20.6 / 31.7 / 4.2 / 2.9; column reduction 4.2 / 8.8 / 22.5 / 15.3; the same optimum every time.
 A warm start from the previous round's final prices (``start="prices"``) was slower than
-``auto`` on every round (14.5 / 13.4 / 21.0 s for rounds 1-3): a new block position is a new
-problem, and the old prices send every row to the same few columns.
+``auto`` on every round (14.5 / 13.4 / 21.0 s for rounds 1-3; a new block position is a new
+problem), so the search does not pass prices between rounds. Also tried and not kept (no clear
+gain in same-load comparisons on these matrices): Jonker-Volgenant's augmenting row reduction
+before the paths, lists sorted by net value with lazily relaxed edges, an indexed heap.
 """
 from __future__ import annotations
 
