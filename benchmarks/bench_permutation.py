@@ -280,7 +280,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--sizes", default=None, help="comma list (default: GPU 1024..8192, CPU 1024..4096)")
     ap.add_argument("--patterns", default="2:4,4:8")
-    ap.add_argument("--solvers", default="auto", help="comma list of LSA solvers (auto, lapjv, scipy, auction)")
+    ap.add_argument("--solvers", default="auto", help="comma list of LSA solvers (auto, sparse, lapjv, scipy, auction)")
     ap.add_argument("--official-max", type=int, default=None,
                     help="largest size the official algorithm is timed at (default: GPU 8192, CPU 1024)")
     ap.add_argument("--no-acceptance", action="store_true", help="skip the acceptance rows (CPU: 8192² 2:4)")
@@ -398,6 +398,7 @@ def main() -> int:
             row["time_s"] = time.perf_counter() - t0
             row["cpu_s"] = time.process_time() - c0   # process CPU seconds: the load-robust figure on a shared host
             row.update(solver=res.solver, gain_backend=res.gain_backend, rounds_accepted=res.rounds_accepted,
+                       lsa_round_s=res.lsa_round_s,
                        retained_identity=res.retained["identity"], retained_allocation=res.retained["allocation"],
                        retained_lsa=res.retained["lsa"],
                        **{f"{k}_s": v for k, v in res.stage_s.items()})

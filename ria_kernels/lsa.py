@@ -30,17 +30,29 @@ column ``cols[k]`` (``rows`` ascending, like scipy). Solvers:
   as scipy; a CUDA tensor is copied to the host and the result back. Measured on one
   round's gain of the permutation search (heavy-tailed 8192x8192 score, 2:4 -> 2048x2048
   gain, loaded 2-core CPU, 2026-11-30): lapjv 4.6 s, scipy 25.3 s, same assignment; at
-  1024x1024: 0.65 s vs 2.0 s. Over whole searches on a quiet machine it is slower than scipy
+  1024x1024: 0.65 s vs 2.0 s. Over whole searches on a quiet machine it was slower than scipy
   (later rounds are harder for it), so it is opt-in. (lapx's float32 mode is faster still but
   picked assignments 1e-10 to 1.6e-7 (relative) below the optimum, so it is not used.)
 
-* ``None`` / ``"auto"``: ``scipy`` on every device (measured faster than lapjv over whole
-  searches on a quiet CPU, see :func:`resolve_solver`; lapjv won single first rounds under load). The auction is opt-in: on a contended 2-core CPU (2048x2048 gain of one search
+* ``"sparse"``: exact, native (C++ built with the system compiler, :mod:`ria_kernels.lsa_sparse`):
+  shortest augmenting paths on each row's top-k candidate columns, widened lazily whenever a
+  bound on the row's other columns could matter, and a dense dual proof at the end
+  (``max_j (gain_ij - v_j)`` is attained by every row's column to ``1e-12 * max|gain|``; the
+  certified gap to the optimum is returned by ``sparse_lap``). CPU; a CUDA tensor is copied to
+  the host and the result back. Measured on the 2-core CPU shared with other jobs (load 3.8-4.7,
+  2026-12-03, ``OMP_NUM_THREADS=2``): the 8192x8192 2:4 search's LSA stage 10.8 s vs scipy's
+  26.5 s in the same run (rounds 3.0 / 4.1 / 1.7 / 2.1 s vs 11.5 / 12.0 / 2.0 / 1.1 s), the
+  LLaMA-2-7B down_proj problem 4096x11008 17.4 s vs 54.6 s, the same retained score
+  (``benchmarks/results/permutation_cpu_sparse_lap_8192.json``, ``..._down7b.json``). On
+  problems below a few hundred rows it is slower than scipy by about a millisecond.
+
+* ``None`` / ``"auto"``: ``sparse`` where it builds, else ``scipy`` with a logged warning (see
+  :func:`resolve_solver`). The auction is opt-in: on a contended 2-core CPU (2048x2048 gain of one search
   round on a 128x8192 RIA-like score) scipy took 8.9 s, the auction 58 s (55,512 bidding
   iterations, 15 phases, gap 1.5e-11); random 2048x2048: scipy 0.37 s, auction 32 s
   (7,367 iterations). Its GPU time is not measured yet: the structured gains need many
   iterations whose tail has one bidder, so the GPU time is bound by per-iteration launch
-  latency. Env override: ``RIA_KERNELS_LSA_SOLVER=lapjv|scipy|auction|auto``; an explicit
+  latency. Env override: ``RIA_KERNELS_LSA_SOLVER=sparse|lapjv|scipy|auction|auto``; an explicit
   ``solver=`` wins. The choice is logged once per (solver, device type).
 
 Rectangular problems: ``rows <= cols`` is solved as a square problem padded with
@@ -58,7 +70,7 @@ import torch
 from ._errors import BackendUnavailableError, RiaInputError
 from ._logging import log_once
 
-SOLVERS = ("lapjv", "scipy", "auction")
+SOLVERS = ("sparse", "lapjv", "scipy", "auction")
 _ENV = "RIA_KERNELS_LSA_SOLVER"
 _REL_EPS = 1e-6     # default final eps: total within 1e-6 * (max - min) of the optimum
 _EPS_START = 0.05   # first phase eps = scale / 20
@@ -85,11 +97,12 @@ def lapjv_available() -> bool:
 
 
 def resolve_solver(gain: torch.Tensor, solver: str | None = None) -> str:
-    """The one dispatch point: explicit ``solver``, then ``RIA_KERNELS_LSA_SOLVER``, then
-    ``scipy`` (exact; the automatic choice: on a quiet 2-core CPU, 2026-11-30, the whole
-    8192x8192 2:4 search spent 11.5 s in scipy vs 23.3 s in lapjv, 4096x4096 1.6 s vs 3.0 s,
-    same permutation: ``benchmarks/results/permutation_cpu_acceptance.json``). ``lapjv``
-    (exact too) is opt-in.
+    """The one dispatch point: explicit ``solver``, then ``RIA_KERNELS_LSA_SOLVER``, then the
+    automatic choice: ``sparse`` (exact, native; :mod:`ria_kernels.lsa_sparse`) where it builds,
+    else ``scipy`` with a logged warning. Measured on the 2-core CPU, 2026-12-03 (load 2-3.5,
+    shared): the whole 8192x8192 2:4 search's LSA stage and the LLaMA-2-7B down_proj problem
+    4096x11008 (see the module doc for the numbers and result files). ``lapjv`` (exact too) and
+    the auction are opt-in.
 
     The auction stays opt-in: on the permutation search's gain matrices it needed ~55k
     bidding iterations for one 2048x2048 round and ran 7-90x slower than scipy on a CPU
@@ -101,12 +114,24 @@ def resolve_solver(gain: torch.Tensor, solver: str | None = None) -> str:
             raise RiaInputError(f"solver ({source}) must be one of {SOLVERS + ('auto',)} or None, got {forced!r}")
         forced = forced.lower()
     if forced in (None, "auto"):
-        choice = "scipy"
+        from . import lsa_sparse
+        lib, why = lsa_sparse.native_lib()
+        if lib is not None:
+            choice = "sparse"
+        else:
+            choice = "scipy"
+            log_once(("lsa", "sparse-fallback"), "linear_sum_assignment: native sparse solver unavailable (%s); "
+                     "solver=scipy", why, level=30)
     else:
         choice = forced
     if choice == "lapjv" and not lapjv_available():
         raise BackendUnavailableError("linear_sum_assignment: solver 'lapjv' needs the lapx package "
                                       "(pip install lapx, or ria-kernels[fast])")
+    if choice == "sparse":
+        from . import lsa_sparse
+        lib, why = lsa_sparse.native_lib()
+        if lib is None:
+            raise BackendUnavailableError(f"linear_sum_assignment: solver 'sparse' unavailable: {why}")
     if choice == "scipy":
         try:
             import scipy.optimize  # noqa: F401
@@ -139,7 +164,7 @@ def linear_sum_assignment(gain: torch.Tensor, *, solver: str | None = None,
                           eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Assignment maximising ``gain[rows, cols].sum()``; LongTensors on ``gain``'s device.
 
-    ``eps`` is the auction's final epsilon (ignored by lapjv and scipy, which are exact)."""
+    ``eps`` is the auction's final epsilon (ignored by sparse, lapjv and scipy, which are exact)."""
     _check_gain(gain)
     _check_eps(eps)
     choice = resolve_solver(gain, solver)
@@ -150,6 +175,8 @@ def linear_sum_assignment(gain: torch.Tensor, *, solver: str | None = None,
         return empty, empty.clone()
     if choice == "lapjv":
         return _lapjv(gain)
+    if choice == "sparse":
+        return _sparse(gain)
     if choice == "scipy":
         from scipy.optimize import linear_sum_assignment as _scipy_lsa
         rows, cols = _scipy_lsa(gain.detach().double().cpu().numpy(), maximize=True)
@@ -163,6 +190,23 @@ def linear_sum_assignment(gain: torch.Tensor, *, solver: str | None = None,
         a = torch.cat([a, a.new_zeros(c - r, c)], dim=0)
     res = auction(a, eps=eps)
     return torch.arange(r, device=dev), res.cols[:r]
+
+
+def _sparse(gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The native sparse-candidate solver on a square float64 problem: ``rows < cols`` padded with
+    zero rows (constant rows leave the real rows' optimal choice unchanged), ``rows > cols`` transposed."""
+    from .lsa_sparse import sparse_lap
+    r, c = gain.shape
+    dev = gain.device
+    if r > c:
+        cols_t, rows_t = _sparse(gain.t())
+        order = torch.argsort(rows_t)
+        return rows_t[order], cols_t[order]
+    a = gain.detach().to("cpu", torch.float64)
+    if r < c:
+        a = torch.cat([a, a.new_zeros(c - r, c)], dim=0)
+    cols = sparse_lap(a).cols[:r]
+    return torch.arange(r, device=dev), cols.to(dev)
 
 
 def _lapjv(gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,8 @@ score than on ``score``:
 2. linear sum assignment, one round per position ``p`` within a block: the
    channel at position ``p`` of every block is taken out and the channels are
    re-assigned to blocks to maximise the retained score (``ria_kernels.lsa``:
-   an exact Jonker-Volgenant / Hungarian solver, or the opt-in GPU auction),
+   an exact solver, by default the native sparse-candidate one with a dense optimality proof,
+   or the opt-in GPU auction),
    the other ``M - 1`` channels of each block held fixed.
    ``blocks > 1`` is the fast variant: the blocks are split into that many
    communities and each is solved on its own (App. G.2).
@@ -35,11 +36,7 @@ matrix, and the retained score after the search is the start's plus the improvem
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +49,8 @@ import torch.nn.functional as F
 from ._backend import resolve_backend
 from . import _device
 from ._errors import BackendUnavailableError, RiaInputError
-from ._io import cache_dir
 from ._logging import log_once
+from ._native import FLAGS as _NATIVE_FLAGS, build_shared
 from ._validation import check_divisible, check_matrix, check_nm
 from .lsa import linear_sum_assignment, resolve_solver
 from .ops._grid import cdiv
@@ -68,10 +65,11 @@ class PermutationResult:
     perm: torch.Tensor                      # LongTensor [c]: N:M holds on score[:, perm]
     retained: dict[str, float] = field(default_factory=dict)  # identity / allocation / lsa
     time_s: float = 0.0
-    solver: str | None = None               # LSA solver used ("lapjv" / "scipy" / "auction"); None without LSA
+    solver: str | None = None               # LSA solver used ("sparse" / "lapjv" / "scipy" / "auction"); None without LSA
     gain_backend: str | None = None         # "triton" / "native" / "torch"; None without LSA
     stage_s: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
     rounds_accepted: int = 0
+    lsa_round_s: list[float] = field(default_factory=list)  # LSA seconds per round (all communities)
 
 
 def retained_score(score: torch.Tensor, n: int, m: int, perm: torch.Tensor | None = None) -> float:
@@ -255,7 +253,6 @@ extern "C" void lsa_gain_tiles(const double *xp, const double *tp, double *out, 
     }
 }
 """
-_NATIVE_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++14")
 _NATIVE_RBLOCK = 512
 _NATIVE_MIN_PARALLEL = 1 << 22      # terms below which one thread is faster than a hand-off
 _native_lock = threading.Lock()
@@ -276,19 +273,6 @@ class _NativeLib:
         self.path = path
 
 
-def _cpu_key() -> str:
-    """-march=native code is only valid on the CPU it was built for: key the cache by its flags."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    import platform
-    return platform.processor() + platform.machine()
-
-
 def _native_lib() -> tuple[_NativeLib | None, str]:
     """The compiled CPU gain kernel (built once per machine, then loaded from the cache)."""
     with _native_lock:
@@ -301,25 +285,7 @@ def _native_lib() -> tuple[_NativeLib | None, str]:
 
 
 def _build_native() -> _NativeLib:
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not cxx:
-        raise BackendUnavailableError("no C++ compiler (set CXX or install g++)")
-    key = hashlib.sha256("\0".join((_NATIVE_SRC, cxx, *_NATIVE_FLAGS, _cpu_key())).encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir(), f"lsa_gain_{key}.so")
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            src = os.path.join(tmp, "lsa_gain.cpp")
-            with open(src, "w") as f:
-                f.write(_NATIVE_SRC)
-            so = os.path.join(tmp, "lsa_gain.so")
-            proc = subprocess.run([cxx, *_NATIVE_FLAGS, src, "-o", so], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise BackendUnavailableError(f"{cxx} failed: {proc.stderr.strip()[:300]}")
-            staged = f"{path}.{os.getpid()}.tmp"
-            shutil.copyfile(so, staged)
-            os.replace(staged, path)  # atomic: concurrent builders never load a half-written file
-    return _NativeLib(path)
+    return _NativeLib(build_shared("lsa_gain", _NATIVE_SRC, _NATIVE_FLAGS))
 
 
 def _threads() -> ThreadPoolExecutor:
@@ -477,7 +443,7 @@ def channel_permutation(score: torch.Tensor, n: int, m: int, *, lsa: bool = True
     ``score [rows, c]`` (rows of all linears sharing the input, concatenated);
     ``n`` of every ``m`` pruned. The result never retains less than the identity.
     ``backend``: the gain backend (see ``resolve_gain_backend``); ``solver``: the LSA solver
-    (``"lapjv"``, ``"scipy"``, ``"auction"``, ``"auto"``/None; env ``RIA_KERNELS_LSA_SOLVER``),
+    (``"sparse"``, ``"lapjv"``, ``"scipy"``, ``"auction"``, ``"auto"``/None; env ``RIA_KERNELS_LSA_SOLVER``),
     see ``ria_kernels.lsa``. A round is accepted when its improvement, read from the gain
     matrix, is positive (the search never rescores the matrix after the allocation).
     """
@@ -505,8 +471,10 @@ def channel_permutation(score: torch.Tensor, n: int, m: int, *, lsa: bool = True
         result.gain_backend = resolve_gain_backend(s, backend)
         rounds = m if max_rounds is None else min(m, max_rounds)
         for p in range(rounds):
+            lsa_before = stage_s["lsa"]
             cand, improvement = _lsa_round(s, perm, n, m, p, min(blocks, s.shape[1] // m), result.gain_backend,
                                            solver_used, stage_s)
+            result.lsa_round_s.append(stage_s["lsa"] - lsa_before)
             if improvement > 0.0:  # exactly 0: a tie, the assignment changes nothing
                 perm, best = cand, best + improvement
                 result.rounds_accepted += 1

@@ -4,12 +4,13 @@ from scipy.optimize import linear_sum_assignment as scipy_lsa
 
 from ria_kernels import RiaInputError
 from ria_kernels import lsa as lsa_mod
+from ria_kernels import lsa_sparse
 from ria_kernels._errors import BackendUnavailableError
 from ria_kernels.lsa import auction, lapjv_available, linear_sum_assignment, resolve_solver
 
 SIZES = [1, 2, 7, 64, 257]
 needs_lapjv = pytest.mark.skipif(not lapjv_available(), reason="optional lapx not installed")
-EXACT = ["scipy"] + (["lapjv"] if lapjv_available() else [])
+EXACT = ["scipy"] + (["lapjv"] if lapjv_available() else []) + (["sparse"] if lsa_sparse.available() else [])
 
 
 def _optimum(a: torch.Tensor) -> float:
@@ -165,7 +166,7 @@ def test_bad_inputs():
 def test_dispatch_and_env_override(monkeypatch):
     a = torch.rand(6, 6)
     monkeypatch.delenv("RIA_KERNELS_LSA_SOLVER", raising=False)
-    auto = "scipy"
+    auto = "sparse" if lsa_sparse.available() else "scipy"
     assert resolve_solver(a) == auto               # auto: exact, lapjv where lapx is installed
     assert resolve_solver(a, "auto") == auto
     assert resolve_solver(a, "AUCTION") == "auction"
@@ -181,7 +182,7 @@ def test_lapjv_missing(monkeypatch):
     monkeypatch.delenv("RIA_KERNELS_LSA_SOLVER", raising=False)
     monkeypatch.setattr(lsa_mod, "lapjv_available", lambda: False)
     a = torch.rand(5, 5)
-    assert resolve_solver(a) == "scipy"            # auto without lapx
+    assert resolve_solver(a) == ("sparse" if lsa_sparse.available() else "scipy")  # auto never needs lapx
     with pytest.raises(BackendUnavailableError, match="lapx"):
         linear_sum_assignment(a, solver="lapjv")
 

@@ -8,6 +8,7 @@ from scipy.optimize import linear_sum_assignment as scipy_lsa
 from ria_kernels import RiaInputError, channel_permutation
 from ria_kernels._errors import BackendUnavailableError
 from ria_kernels import permutation as P
+from ria_kernels import lsa_sparse
 from ria_kernels.lsa import lapjv_available
 from ria_kernels.ops.nm_mask import nm_topk_blocks_reference
 from ria_kernels.permutation import (_lsa_gain_triton, heuristic_allocation, lsa_gain, lsa_gain_reference,
@@ -239,7 +240,7 @@ def test_auction_solver_permutation(n, m, r, c, blocks):
 def test_solver_recorded_and_env(monkeypatch):
     s = _score(8, 32, seed=11)
     monkeypatch.delenv("RIA_KERNELS_LSA_SOLVER", raising=False)
-    auto = "scipy"
+    auto = "sparse" if lsa_sparse.available() else "scipy"
     assert channel_permutation(s, 2, 4).solver == auto      # auto: exact, lapjv where installed
     res = channel_permutation(s, 2, 4, lsa=False)
     assert res.solver is None and res.gain_backend is None
