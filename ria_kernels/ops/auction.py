@@ -81,11 +81,13 @@ class BatchedAuctionResult:
 
 
 # --------------------------------------------------------------------------- pure helpers
-def eps_schedule(scale: float, n: int, integer: bool, eps: Optional[float] = None) -> list[float]:
+def eps_schedule(scale: float, n: int, integer: bool, eps: Optional[float] = None,
+                 eps_start: Optional[float] = None) -> list[float]:
     """The eps of each phase of one problem (empty when nothing is to choose: n <= 1 or
     scale == 0). Same rule as ``lsa.auction``: final ``eps`` if given, else
     ``1e-6 * scale / n``, capped at ``1 / (n + 1)`` for integer gains; phases from
-    ``max(scale / 20, eps_final)`` divided by 4 down to ``eps_final``."""
+    ``max(scale / 20, eps_final)`` (or from ``eps_start`` where that is smaller: a warm start
+    from prices that are already nearly optimal) divided by 4 down to ``eps_final``."""
     if n <= 1 or scale == 0.0:
         return []
     if eps is None:
@@ -94,7 +96,8 @@ def eps_schedule(scale: float, n: int, integer: bool, eps: Optional[float] = Non
             eps_final = min(eps_final, 1.0 / (n + 1))
     else:
         eps_final = float(eps)
-    out = [max(scale * _EPS_START, eps_final)]
+    first = scale * _EPS_START if eps_start is None else min(scale * _EPS_START, float(eps_start))
+    out = [max(first, eps_final)]
     while out[-1] > eps_final:
         out.append(max(out[-1] / _EPS_FACTOR, eps_final))
     return out
@@ -132,11 +135,12 @@ def _check_gains(gains: torch.Tensor) -> None:
         raise RiaInputError(f"gains shape {tuple(gains.shape)} too large (n < 2^30, B < 2^31)")
 
 
-def _check_args(eps: Optional[float], max_iters: int) -> None:
+def _check_args(eps: Optional[float], max_iters: int, eps_start: Optional[float] = None) -> None:
     import math
-    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps)
-                            or eps <= 0):
-        raise RiaInputError(f"eps must be a finite number > 0, got {eps!r}")
+    for name, v in (("eps", eps), ("eps_start", eps_start)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                              or v <= 0):
+            raise RiaInputError(f"{name} must be a finite number > 0, got {v!r}")
     if isinstance(max_iters, bool) or not isinstance(max_iters, int) or not 1 <= max_iters <= _INT32_MAX:
         raise RiaInputError(f"max_iters must be an integer in [1, 2^31), got {max_iters!r}")
 
@@ -151,13 +155,29 @@ def _kernel_dtype(gains: torch.Tensor) -> torch.Tensor:
     return gains.detach().double().contiguous()
 
 
-def _schedules(a: torch.Tensor, eps: Optional[float]) -> tuple[list[list[float]], torch.Tensor]:
+def _check_prices(prices: Optional[torch.Tensor], gains: torch.Tensor) -> Optional[torch.Tensor]:
+    """Initial prices (warm start): float64 [B, n] on the gains' device, finite."""
+    if prices is None:
+        return None
+    b, n, _ = gains.shape
+    if not isinstance(prices, torch.Tensor) or tuple(prices.shape) != (b, n):
+        raise RiaInputError(f"prices must be a tensor of shape [{b}, {n}] (one per column of each problem), got "
+                            f"{tuple(prices.shape) if isinstance(prices, torch.Tensor) else type(prices).__name__}")
+    if not prices.is_floating_point() or prices.device != gains.device:
+        raise RiaInputError(f"prices must be a float tensor on {gains.device}, got {prices.dtype} on {prices.device}")
+    if prices.numel() and not bool(torch.isfinite(prices).all()):
+        raise RiaInputError("prices must contain only finite values (no inf/nan)")
+    return prices.detach().double().clone()
+
+
+def _schedules(a: torch.Tensor, eps: Optional[float],
+               eps_start: Optional[float] = None) -> tuple[list[list[float]], torch.Tensor]:
     """Per problem: eps of each phase, and eps_final (0 for problems with nothing to choose)."""
     b, n, _ = a.shape
     flat = a.reshape(b, -1).double()
     scale = (flat.amax(1) - flat.amin(1)).tolist() if n else [0.0] * b
     integer = (flat == flat.round()).all(1).tolist() if n else [True] * b
-    sched = [eps_schedule(s, n, i, eps) for s, i in zip(scale, integer)]
+    sched = [eps_schedule(s, n, i, eps, eps_start) for s, i in zip(scale, integer)]
     final = torch.tensor([s[-1] if s else 0.0 for s in sched], dtype=torch.float64)
     return sched, final
 
@@ -179,20 +199,22 @@ def duality_gap(gains: torch.Tensor, cols: torch.Tensor, prices: torch.Tensor) -
 
 # --------------------------------------------------------------------------- torch reference
 def auction_batched_reference(gains: torch.Tensor, *, eps: Optional[float] = None,
+                              prices: Optional[torch.Tensor] = None, eps_start: Optional[float] = None,
                               block_r: Optional[int] = None) -> BatchedAuctionResult:
     """The kernel's algorithm in torch, one problem at a time (slow; the specification the
     Triton kernel must match bit for bit, see the module doc). ``block_r``: bidders per
     iteration (default: the launch config's)."""
     _check_gains(gains)
-    _check_args(eps, 1)
+    _check_args(eps, 1, eps_start)
+    init = _check_prices(prices, gains)
     a_all = _kernel_dtype(gains)
     b, n, _ = a_all.shape
     dev = a_all.device
     if block_r is None:
         block_r = auction_launch_config(max(n, 1), max(b, 1))[0]
-    sched, final = _schedules(a_all, eps)
+    sched, final = _schedules(a_all, eps, eps_start)
     cols = torch.arange(n, device=dev).repeat(b, 1)
-    prices = torch.zeros(b, n, dtype=torch.float64, device=dev)
+    prices = torch.zeros(b, n, dtype=torch.float64, device=dev) if init is None else init
     iters = torch.zeros(b, dtype=torch.long)
     for p_i in range(b):
         if not sched[p_i]:
@@ -341,13 +363,14 @@ if triton is not None:
 
 
 @_device.guarded  # the inputs' device and stream (issue 20)
-def _auction_triton(gains: torch.Tensor, eps: Optional[float], max_iters: int) -> BatchedAuctionResult:
+def _auction_triton(gains: torch.Tensor, eps: Optional[float], max_iters: int,
+                    prices: Optional[torch.Tensor] = None, eps_start: Optional[float] = None) -> BatchedAuctionResult:
     a = _kernel_dtype(gains)
     b, n, _ = a.shape
     dev = a.device
-    sched, final = _schedules(a, eps)
+    sched, final = _schedules(a, eps, eps_start)
     block_r, block_c, warps, maxnreg, grid = auction_launch_config(n, b)
-    prices = torch.zeros(b, n, dtype=torch.float64, device=dev)
+    prices = torch.zeros(b, n, dtype=torch.float64, device=dev) if prices is None else prices.contiguous()
     row_col = torch.full((b, n), -1, dtype=torch.int32, device=dev)
     col_row = torch.full((b, n), -1, dtype=torch.int32, device=dev)
     scratch = torch.zeros(b, block_r, dtype=torch.int32, device=dev)
@@ -380,12 +403,20 @@ def _auction_triton(gains: torch.Tensor, eps: Optional[float], max_iters: int) -
 
 # --------------------------------------------------------------------------- public API
 def auction_batched(gains: torch.Tensor, *, eps: Optional[float] = None, backend: Optional[str] = None,
-                    max_iters: int = MAX_ITERS_PER_LAUNCH) -> BatchedAuctionResult:
+                    max_iters: int = MAX_ITERS_PER_LAUNCH, prices: Optional[torch.Tensor] = None,
+                    eps_start: Optional[float] = None) -> BatchedAuctionResult:
     """Solve ``B`` square assignment problems ``gains[B, n, n]`` (maximise each total); see the
     module doc. ``eps``: final epsilon (default: relative 1e-6, exact for integer gains);
-    ``max_iters``: bidding iterations per launch before the host re-launches (Triton)."""
+    ``max_iters``: bidding iterations per launch before the host re-launches (Triton).
+
+    Warm start: ``prices`` (float [B, n], e.g. ``result.prices`` of the previous, similar
+    problems) are the initial prices, and ``eps_start`` caps the first phase's eps. The forward
+    auction terminates from any prices with the same eps-complementary slackness, so the
+    optimality bound is unchanged; near-optimal prices with a small ``eps_start`` skip the
+    early phases."""
     _check_gains(gains)
-    _check_args(eps, max_iters)
+    _check_args(eps, max_iters, eps_start)
+    init = _check_prices(prices, gains)
     b, n, _ = gains.shape
     if b == 0 or n == 0:
         z = torch.zeros(b, dtype=torch.float64)
@@ -393,8 +424,8 @@ def auction_batched(gains: torch.Tensor, *, eps: Optional[float] = None, backend
                                     torch.empty(b, n, dtype=torch.float64, device=gains.device),
                                     torch.zeros(b, dtype=torch.long), 0, 0, z, z.clone(), z.clone())
     if resolve_backend("auction_batched", gains, backend) == "triton":
-        return _auction_triton(gains, eps, max_iters)
-    return auction_batched_reference(gains, eps=eps)
+        return _auction_triton(gains, eps, max_iters, init, eps_start)
+    return auction_batched_reference(gains, eps=eps, prices=init, eps_start=eps_start)
 
 
 # --------------------------------------------------------------------------- AOT gate cases

@@ -192,6 +192,34 @@ def test_triton_eps_override_bound():
     _check_result(gains.cpu(), res)
 
 
+@needs_triton
+def test_warm_start_prices():
+    """Warm start (issue 26 item 2): the previous problem's prices and a small first eps solve a
+    slightly changed problem to the same optimality in fewer iterations; Triton == reference."""
+    g = make_gains("int", 2, 23, seed=11)
+    cold = auction_batched_reference(g)
+    h = g.clone()
+    h[:, 3, 5] += 7  # a few entries change, as between two permutation rounds
+    h[:, 10, 2] -= 4
+    warm_ref = auction_batched_reference(h, prices=cold.prices, eps_start=1.0)
+    cold_h = auction_batched_reference(h)
+    _check_result(h, warm_ref)
+    assert int(warm_ref.iterations.sum()) < int(cold_h.iterations.sum())
+    assert warm_ref.phases < cold_h.phases
+    warm = auction_batched(h.to(DEVICE), backend="triton", prices=cold.prices.to(DEVICE), eps_start=1.0)
+    assert torch.equal(warm.cols.cpu(), warm_ref.cols) and torch.equal(warm.prices.cpu(), warm_ref.prices)
+    # the caller's prices are not modified
+    assert torch.equal(cold.prices, auction_batched_reference(g).prices)
+
+
+def test_eps_start_schedule():
+    final = 1e-6 * 100.0 / 10  # below the integer cap 1 / 11
+    s = eps_schedule(100.0, 10, True, eps_start=1.0)
+    assert s[0] == 1.0 and s[-1] == final
+    assert eps_schedule(100.0, 10, True, eps_start=1e9)[0] == 5.0    # never above scale / 20
+    assert eps_schedule(100.0, 10, True, eps_start=1e-9) == [final]  # never below eps_final
+
+
 def test_bad_inputs():
     with pytest.raises(RiaInputError, match="B, n, n"):
         auction_batched(torch.rand(4, 4))
@@ -211,6 +239,14 @@ def test_bad_inputs():
     for it in (0, -3, 2.5, True):
         with pytest.raises(RiaInputError, match="max_iters"):
             auction_batched(torch.rand(1, 3, 3), max_iters=it)
+    with pytest.raises(RiaInputError, match="prices"):
+        auction_batched(torch.rand(2, 3, 3), prices=torch.zeros(3, 3))
+    with pytest.raises(RiaInputError, match="prices"):
+        auction_batched(torch.rand(1, 3, 3), prices=torch.tensor([[0.0, float("nan"), 0.0]]))
+    with pytest.raises(RiaInputError, match="prices"):
+        auction_batched(torch.rand(1, 3, 3), prices=torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(RiaInputError, match="eps_start"):
+        auction_batched(torch.rand(1, 3, 3), eps_start=0.0)
     with pytest.raises(RiaInputError, match="backend"):
         auction_batched(torch.rand(1, 3, 3), backend="cuda")
 
