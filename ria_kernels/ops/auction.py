@@ -286,9 +286,11 @@ if triton is not None:
         return count
 
     @triton.jit
-    def _row_top2(gain, price, rows, n, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _row_top2(gain, price, rows, row_ok, n, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
         """Per row of ``rows``: best net value v1 = max_j gain - price, its column j1 (lowest
-        among ties) and the second best v2 (== v1 on a tie), streamed over column chunks."""
+        among ties) and the second best v2 (== v1 on a tie), streamed over column chunks. Rows
+        not ``row_ok`` (unused bidder slots) load nothing: in the single-bidder tails that saves
+        BLOCK_R - 1 rows of gain traffic per iteration; their results are garbage, never used."""
         cs = tl.arange(0, BLOCK_C)
         r1 = tl.full([BLOCK_R], float("-inf"), tl.float64)
         r2 = tl.full([BLOCK_R], float("-inf"), tl.float64)
@@ -297,7 +299,8 @@ if triton is not None:
         for c0 in range(0, n, BLOCK_C):
             cols = c0 + cs
             cv = cols < n
-            a = tl.load(gain + roff[:, None] + cols[None, :], mask=cv[None, :], other=0.0).to(tl.float64)
+            a = tl.load(gain + roff[:, None] + cols[None, :], mask=row_ok[:, None] & cv[None, :],
+                        other=0.0).to(tl.float64)
             p = tl.load(price + cols, mask=cv, other=0.0, cache_modifier=".cg")
             v = tl.where(cv[None, :], a - p[None, :], float("-inf"))
             m1 = tl.max(v, 1)
@@ -327,7 +330,7 @@ if triton is not None:
                     rows = r0 + ks
                     rv = rows < n
                     rr = tl.where(rv, rows, 0)
-                    v1, j1, v2 = _row_top2(gain, price, rr, n, BLOCK_R, BLOCK_C)
+                    v1, j1, v2 = _row_top2(gain, price, rr, rv, n, BLOCK_R, BLOCK_C)
                     own_c = tl.load(row_col + rr, mask=rv, other=-1, cache_modifier=".cg")
                     oc = tl.maximum(own_c, 0)
                     own = (tl.load(gain + rr.to(tl.int64) * n + oc).to(tl.float64)
@@ -342,7 +345,7 @@ if triton is not None:
             while (count > 0) & (it < max_iters):
                 valid = ks < count
                 rows = tl.where(valid, tl.load(scratch + ks, cache_modifier=".cg"), 0)
-                v1, j1, v2 = _row_top2(gain, price, rows, n, BLOCK_R, BLOCK_C)
+                v1, j1, v2 = _row_top2(gain, price, rows, valid, n, BLOCK_R, BLOCK_C)
                 bid = tl.load(price + j1, cache_modifier=".cg") + (v1 - v2) + e
                 # per column the highest bid of the block wins, ties to the lowest row
                 beats = (valid[None, :] & (j1[None, :] == j1[:, None])
