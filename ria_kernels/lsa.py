@@ -34,6 +34,13 @@ column ``cols[k]`` (``rows`` ascending, like scipy). Solvers:
   (later rounds are harder for it), so it is opt-in. (lapx's float32 mode is faster still but
   picked assignments 1e-10 to 1.6e-7 (relative) below the optimum, so it is not used.)
 
+* ``"auction_triton"``: the same auction as one persistent Triton program per problem
+  (``ria_kernels.ops.auction``): bidding iterations loop inside the kernel, one launch per
+  eps-scaling phase, so it is not bound by launch latency; same optimality guarantee (exact for
+  integer gains). CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (tests). Opt-in;
+  :func:`linear_sum_assignment_batched` solves the B problems of ``gains[B, r, c]`` in one
+  launch per phase.
+
 * ``"sparse"``: exact, native (C++ built with the system compiler, :mod:`ria_kernels.lsa_sparse`):
   shortest augmenting paths on each row's top-k candidate columns, widened lazily whenever a
   bound on the row's other columns could matter, and a dense dual proof at the end
@@ -70,7 +77,7 @@ import torch
 from ._errors import BackendUnavailableError, RiaInputError
 from ._logging import log_once
 
-SOLVERS = ("sparse", "lapjv", "scipy", "auction")
+SOLVERS = ("sparse", "lapjv", "scipy", "auction", "auction_triton")
 _ENV = "RIA_KERNELS_LSA_SOLVER"
 _REL_EPS = 1e-6     # default final eps: total within 1e-6 * (max - min) of the optimum
 _EPS_START = 0.05   # first phase eps = scale / 20
@@ -137,6 +144,11 @@ def resolve_solver(gain: torch.Tensor, solver: str | None = None) -> str:
             import scipy.optimize  # noqa: F401
         except ImportError as e:  # pragma: no cover - scipy is a dependency
             raise BackendUnavailableError("linear_sum_assignment: solver 'scipy' needs scipy installed") from e
+    if choice == "auction_triton":
+        from ._backend import _AOT_RECORDING, interpret_mode
+        if gain.device.type != "cuda" and not (interpret_mode() or _AOT_RECORDING):
+            raise BackendUnavailableError(f"linear_sum_assignment: solver 'auction_triton' needs a CUDA tensor "
+                                          f"(got {gain.device.type}; set TRITON_INTERPRET=1 to run it on the CPU)")
     log_once(("lsa", choice, gain.device.type), "linear_sum_assignment: solver=%s (device=%s)",
              choice, gain.device.type)
     return choice
@@ -181,6 +193,9 @@ def linear_sum_assignment(gain: torch.Tensor, *, solver: str | None = None,
         from scipy.optimize import linear_sum_assignment as _scipy_lsa
         rows, cols = _scipy_lsa(gain.detach().double().cpu().numpy(), maximize=True)
         return torch.as_tensor(rows, device=dev), torch.as_tensor(cols, device=dev)
+    if choice == "auction_triton":
+        rows, cols = _auction_triton_batched(gain[None], eps)
+        return rows[0], cols[0]
     if r > c:  # each column picks a row: solve the transpose, then sort by row
         cols_t, rows_t = linear_sum_assignment(gain.t(), solver="auction", eps=eps)
         order = torch.argsort(rows_t)
@@ -207,6 +222,49 @@ def _sparse(gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.cat([a, a.new_zeros(c - r, c)], dim=0)
     cols = sparse_lap(a).cols[:r]
     return torch.arange(r, device=dev), cols.to(dev)
+
+
+def linear_sum_assignment_batched(gains: torch.Tensor, *, solver: str | None = None,
+                                  eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B`` independent problems ``gains[B, r, c]`` (e.g. the communities of one permutation
+    round): ``(rows, cols)``, LongTensors ``[B, min(r, c)]`` on ``gains``' device, problem b's
+    assignment ``rows[b] -> cols[b]`` as :func:`linear_sum_assignment` would return it.
+    ``auction_triton`` solves all B in one launch per eps phase; every other solver one
+    problem at a time."""
+    if not isinstance(gains, torch.Tensor):
+        raise RiaInputError(f"gains must be a torch.Tensor, got {type(gains).__name__}")
+    if gains.dim() != 3:
+        raise RiaInputError(f"gains must be 3-D [B, rows, cols], got shape {tuple(gains.shape)}")
+    _check_gain(gains.reshape(gains.shape[0], -1) if gains.shape[0] else gains.reshape(0, 0), "gains")
+    _check_eps(eps)
+    choice = resolve_solver(gains, solver)
+    b, r, c = gains.shape
+    k = min(r, c)
+    dev = gains.device
+    if b == 0 or k == 0:
+        empty = torch.empty(b, 0, dtype=torch.long, device=dev)
+        return empty, empty.clone()
+    if choice == "auction_triton":
+        return _auction_triton_batched(gains, eps)
+    out = [linear_sum_assignment(gains[i], solver=choice, eps=eps) for i in range(b)]
+    return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+
+def _auction_triton_batched(gains: torch.Tensor, eps: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gains[B, r, c]`` on the Triton auction: ``r > c`` on the transposes, ``r < c`` padded
+    with constant (zero) rows, as the torch auction."""
+    from .ops.auction import auction_batched
+    b, r, c = gains.shape
+    dev = gains.device
+    if r > c:  # each column picks a row, then sort by row
+        cols_t, rows_t = _auction_triton_batched(gains.transpose(1, 2), eps)
+        order = torch.argsort(rows_t, dim=1)
+        return rows_t.gather(1, order), cols_t.gather(1, order)
+    a = gains.detach()
+    if r < c:
+        a = torch.cat([a, a.new_zeros(b, c - r, c)], dim=1)
+    res = auction_batched(a, eps=eps, backend="triton")
+    return torch.arange(r, device=dev).repeat(b, 1), res.cols[:, :r]
 
 
 def _lapjv(gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

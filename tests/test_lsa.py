@@ -193,3 +193,71 @@ def test_auction_on_cuda_matches_scipy():
     rows, cols = linear_sum_assignment(a.cuda(), solver="auction")
     assert rows.is_cuda and cols.is_cuda
     assert _total(a, rows.cpu(), cols.cpu()) == _optimum(a)
+
+
+# --------------------------------------------------------------------------- auction_triton / batched
+needs_triton = pytest.mark.skipif(not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET")
+                                       == "1"), reason="Triton needs CUDA or TRITON_INTERPRET=1")
+_DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", [(7, 7), (5, 9), (9, 5), (1, 4), (4, 1), (13, 13)])
+def test_auction_triton_solver(shape):
+    a = torch.randint(0, 30, shape, generator=torch.Generator().manual_seed(sum(shape))).float()
+    rows, cols = linear_sum_assignment(a.to(_DEV), solver="auction_triton")
+    assert rows.device.type == cols.device.type == _DEV
+    rows, cols = rows.cpu(), cols.cpu()
+    _check_assignment(rows, cols, *shape)
+    assert _total(a, rows, cols) == _optimum(a)  # integer gains: exact
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", [(3, 6, 6), (2, 5, 8), (2, 8, 5), (1, 11, 11)])
+def test_batched_matches_per_problem(shape):
+    g = torch.randint(-20, 20, shape, generator=torch.Generator().manual_seed(sum(shape)))
+    for solver in ["auction_triton", "scipy", "auction"]:
+        rows, cols = lsa_mod.linear_sum_assignment_batched(g.to(_DEV) if solver == "auction_triton" else g,
+                                                           solver=solver)
+        k = min(shape[1:])
+        assert rows.shape == cols.shape == (shape[0], k)
+        for i in range(shape[0]):
+            _check_assignment(rows[i].cpu(), cols[i].cpu(), *shape[1:])
+            assert _total(g[i], rows[i].cpu(), cols[i].cpu()) == _optimum(g[i])
+
+
+@needs_triton
+def test_batched_float_within_bound():
+    g = torch.rand(3, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 10
+    rows, cols = lsa_mod.linear_sum_assignment_batched(g.to(_DEV), solver="auction_triton")
+    for i in range(3):
+        opt = _optimum(g[i])
+        # documented bound: 1e-6 * (max - min) of that problem
+        assert opt - 1e-6 * float(g[i].max() - g[i].min()) - 1e-12 <= _total(g[i], rows[i].cpu(), cols[i].cpu())
+
+
+def test_batched_bad_inputs_and_empty():
+    with pytest.raises(RiaInputError, match="3-D"):
+        lsa_mod.linear_sum_assignment_batched(torch.rand(3, 3))
+    with pytest.raises(RiaInputError, match="finite"):
+        lsa_mod.linear_sum_assignment_batched(torch.tensor([[[float("nan")]]]), solver="scipy")
+    with pytest.raises(RiaInputError, match="torch.Tensor"):
+        lsa_mod.linear_sum_assignment_batched([[[1.0]]])
+    rows, cols = lsa_mod.linear_sum_assignment_batched(torch.empty(0, 3, 3), solver="scipy")
+    assert rows.shape == cols.shape == (0, 0)
+    rows, cols = lsa_mod.linear_sum_assignment_batched(torch.empty(2, 0, 3), solver="scipy")
+    assert rows.shape == cols.shape == (2, 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_auction_triton_needs_cuda_or_interpreter(monkeypatch):
+    from ria_kernels import _backend
+    monkeypatch.setattr(_backend, "_INTERPRET_AT_IMPORT", False)
+    a = torch.rand(4, 4)
+    with pytest.raises(BackendUnavailableError, match="auction_triton"):
+        linear_sum_assignment(a, solver="auction_triton")
+    monkeypatch.setenv("RIA_KERNELS_LSA_SOLVER", "auction_triton")
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
+        lsa_mod.linear_sum_assignment_batched(a[None])
+    monkeypatch.delenv("RIA_KERNELS_LSA_SOLVER")
+    assert resolve_solver(a) == "scipy"  # the automatic choice is unchanged
