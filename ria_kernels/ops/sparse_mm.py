@@ -369,6 +369,7 @@ DEFAULT_SM_COUNT = {"sm80": 108, "sm90": 132}
 # Serial split-K keeps at least this many K tiles per slice (a slice shorter than the pipeline is all prologue).
 MIN_K_TILES_PER_SPLIT = 4
 MAX_SPLIT_K = 16
+WAVE_FILL = 0.8
 
 
 def cutlass_config(arch: str, config_id: int) -> CutlassConfig:
@@ -395,9 +396,10 @@ def cutlass_config_for(arch: str, t: int, n: int, k: int, sm_count: Optional[int
     - ``t > CUTLASS_DECODE_MAX_T``: the prefill tile, config 0, no split.
     - ``t <= 64``: the narrowest token tile that holds ``t`` (16, 32 or 64), so at most one token tile along N
       and the least zero-padded MMA work.
-    - sm80 (serial split-K): ``split_k = ceil(sm_count / tiles)`` over ``tiles = ceil(n / tile_m)`` output tiles,
-      so the grid covers every SM at least once (the weight streams through all of them), capped so each slice
-      keeps ``MIN_K_TILES_PER_SPLIT`` K tiles and at ``MAX_SPLIT_K``.
+    - sm80 (serial split-K) over ``tiles = ceil(n / tile_m)`` output tiles: the smallest ``split_k`` whose grid
+      of ``tiles * split_k`` CTAs fills its last wave over the SMs to at least ``WAVE_FILL`` (an idle SM streams
+      none of the weight; fewer slices write less fp32 partial traffic), else the best-filled one; at most
+      ``MAX_SPLIT_K`` and so that each slice keeps ``MIN_K_TILES_PER_SPLIT`` K tiles.
     - sm90 (stream-K): ``split_k = 1``: CUTLASS's stream-K heuristic spreads the K iterations of the few output
       tiles over the SMs itself.
 
@@ -416,7 +418,20 @@ def cutlass_config_for(arch: str, t: int, n: int, k: int, sm_count: Optional[int
     tiles = math.ceil(n / cfg.tile_m) * math.ceil(t / cfg.tile_t)
     k_tiles = max(1, k // cfg.tile_k)
     cap = max(1, min(MAX_SPLIT_K, k_tiles // MIN_K_TILES_PER_SPLIT))
-    return cfg.config_id, max(1, min(cap, math.ceil(sms / tiles)))
+    return cfg.config_id, split_for_waves(tiles, sms, cap)
+
+
+def wave_fill(ctas: int, sm_count: int) -> float:
+    """Share of SM slots busy over the waves of ``ctas`` equal CTAs, one per SM at a time."""
+    return ctas / (math.ceil(ctas / sm_count) * sm_count)
+
+
+def split_for_waves(tiles: int, sm_count: int, cap: int) -> int:
+    """The split-K slice count of :func:`cutlass_config_for` (sm80): smallest ``s <= cap`` with
+    ``wave_fill(tiles * s) >= WAVE_FILL``, else the best-filled ``s`` (the smallest among equals)."""
+    fills = [(wave_fill(tiles * s, sm_count), s) for s in range(1, cap + 1)]
+    good = [s for f, s in fills if f >= WAVE_FILL]
+    return good[0] if good else max(fills, key=lambda fs: (fs[0], -fs[1]))[1]
 
 
 def cutlass_mm_op(meta: torch.Tensor):

@@ -19,7 +19,8 @@ from ria_kernels.ops import sparse_mm
 from ria_kernels.ops.sparse24_layout import compact_to_sm80_meta, compact_to_sm90_meta
 from ria_kernels.ops.sparse24_mm import compress_24
 from ria_kernels.ops.sparse_mm import (CUTLASS_CONFIGS, CUTLASS_DECODE_MAX_T, DEFAULT_SM_COUNT, MAX_SPLIT_K,
-                                       CutlassConfig, cutlass_config, cutlass_config_for, sparse_mm_reference)
+                                       WAVE_FILL, CutlassConfig, cutlass_config, cutlass_config_for,
+                                       sparse_mm_reference, split_for_waves, wave_fill)
 from conftest import assert_rel_close, cuda_graph_replay, poison_allocator
 
 CUDA = torch.cuda.is_available()
@@ -93,23 +94,33 @@ def test_sm90_leaves_the_split_to_stream_k():
             assert cutlass_config_for("sm90", t, n, k)[1] == 1
 
 
-def test_sm80_split_k_fills_the_sms():
-    # 4096 rows / 128 = 32 output tiles; ceil(108 / 32) = 4 slices -> 128 CTAs >= 108 SMs
-    assert cutlass_config_for("sm80", 1, 4096, 4096) == (1, 4)
-    # 8192 / 128 = 64 tiles -> ceil(108 / 64) = 2 slices
-    assert cutlass_config_for("sm80", 16, 8192, 28672) == (1, 2)
-    # as many tiles as SMs: no split
+def test_sm80_split_k_fills_the_waves():
+    # 4096 rows / 128 = 32 output tiles: 1 slice fills 32/108 SMs, 2 -> 64/108, 3 -> 96/108 = 0.89 >= WAVE_FILL
+    assert cutlass_config_for("sm80", 1, 4096, 4096) == (1, 3)
+    # 8192 / 128 = 64 tiles: 2 slices = 128 CTAs = 2 waves filled 0.59; 3 -> 192 / 216 = 0.89
+    assert cutlass_config_for("sm80", 16, 8192, 28672) == (1, 3)
+    # exactly as many tiles as SMs: no split
     assert cutlass_config_for("sm80", 8, 108 * 128, 4096) == (1, 1)
-    assert cutlass_config_for("sm80", 8, 16384, 4096) == (1, 1)
-    # another SM count
+    # another SM count: 32 tiles on 64 SMs -> 2 slices fill them exactly
     assert cutlass_config_for("sm80", 8, 4096, 4096, sm_count=64) == (1, 2)
     assert DEFAULT_SM_COUNT == {"sm80": 108, "sm90": 132}
+
+
+def test_wave_fill_and_split_for_waves():
+    assert wave_fill(108, 108) == 1.0 and wave_fill(109, 108) == pytest.approx(109 / 216)
+    assert split_for_waves(32, 108, 16) == 3  # first s reaching WAVE_FILL
+    assert WAVE_FILL == 0.8
+    # none reaches WAVE_FILL within the cap: the best-filled one (2 tiles, cap 4 -> 8 CTAs)
+    assert split_for_waves(2, 108, 4) == 4
+    # equal fills: the smaller split (54 and 108 CTAs on 54 SMs both fill 1.0; 54 first reaches it)
+    assert split_for_waves(27, 54, 4) == 2
+    assert split_for_waves(5, 108, 1) == 1
 
 
 def test_sm80_split_k_caps():
     # K = 256: 4 K tiles of 64, at least 4 per slice -> no split even though 2 tiles would want 54 slices
     assert cutlass_config_for("sm80", 1, 256, 256) == (1, 1)
-    # K = 1024: 16 K tiles -> at most 4 slices
+    # K = 1024: 16 K tiles -> at most 4 slices (none fills the SMs: the best-filled, 4)
     assert cutlass_config_for("sm80", 1, 256, 1024) == (1, 4)
     # one output tile, very long K: capped at MAX_SPLIT_K
     assert cutlass_config_for("sm80", 1, 128, 65536) == (1, MAX_SPLIT_K)
