@@ -72,7 +72,6 @@ struct Sm80Sparse {
       Epilogue, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<>, Stages, kAlignAB, kAlignAB, SplitK>;
   using ElementE = typename Gemm::ElementE;
   using LayoutE = typename Gemm::LayoutE;
-  static constexpr int kTileK = TbK;
   static_assert(sizeof(ElementE) == 2, "16-bit operands use uint16 metadata");
   static_assert(Gemm::kElementsPerElementE * Gemm::kSparse == 16, "one uint16 of metadata covers 16 input channels");
   static_assert(TbK == kMultipleK, "every config keeps the same K tile (shape limits, metadata tiling)");

@@ -70,7 +70,7 @@ def parse_ptxas(log: str) -> list[PtxasEntry]:
 
 
 def demangle(names: list[str]) -> list[str]:
-    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["c++filt", "--no-recurse-limit"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
     return out.splitlines()
 
 
@@ -85,13 +85,17 @@ def kernel_config(arch: str, demangled: str) -> Optional[tuple[CutlassConfig, st
     else:
         if "GemmUniversal" not in demangled:
             return None  # the compressor
-        m = re.search(r"cute::tuple<cute::C<(\d+)>, cute::C<(\d+)>, cute::C<(\d+)> >", demangled)
-        if not m:
-            return None
-        shape = tuple(int(v) for v in m.groups())
         stream_k = "StreamK" in demangled
+        # the name holds several static 3-tuples (cluster shape, metadata atom, ...): the tile is the one that
+        # is a config's tile with that scheduler
+        for m in re.finditer(r"cute::tuple<cute::C<(\d+)>, cute::C<(\d+)>, cute::C<(\d+)> >", demangled):
+            shape = tuple(int(v) for v in m.groups())
+            for cfg in CUTLASS_CONFIGS[arch]:
+                if (cfg.tile_m, cfg.tile_t, cfg.tile_k) == shape and stream_k == (cfg.split == "stream_k"):
+                    return cfg, dtype
+        return None
     for cfg in CUTLASS_CONFIGS[arch]:
-        if (cfg.tile_m, cfg.tile_t, cfg.tile_k) == shape and (arch == "sm80" or stream_k == (cfg.split == "stream_k")):
+        if (cfg.tile_m, cfg.tile_t, cfg.tile_k) == shape:
             return cfg, dtype
     return None
 
@@ -140,15 +144,17 @@ class Instantiation:
 
 def collect(objdir: str) -> list[Instantiation]:
     rows = []
+    consts: dict[str, int] = {}  # per config (the float16 units export them; the sizes are the same for bfloat16)
+    for name in sorted(os.listdir(objdir)) if os.path.isdir(objdir) else []:
+        if name.endswith(".o"):
+            consts.update(elf_int32_symbols(os.path.join(objdir, name), "ria_cfg_"))
     for unit in UNITS:
         base = os.path.basename(unit)
         for tag_arch, arch_dir in (("80", "sm_80"), ("90a", "sm_90a")):
             log = os.path.join(objdir, f"{base}.{tag_arch}.with.0.log")
-            obj = os.path.join(objdir, f"{base}.{tag_arch}.with.0.o")
             if not os.path.exists(log):
                 continue
             entries = parse_ptxas(open(log).read())
-            consts = elf_int32_symbols(obj, "ria_cfg_") if os.path.exists(obj) else {}
             for entry, dem in zip(entries, demangle([e.name for e in entries])):
                 arch = "sm80" if "SparseGemm" in dem else "sm90"
                 found = kernel_config(arch, dem)
@@ -407,7 +413,9 @@ def render(rows: list[Instantiation], compile_cmd: str, nvcc: str, load: str) ->
         "`ptxas -v`; dynamic shared memory (`sizeof(SharedStorage)`), stages and threads from the `ria_cfg_*` "
         "constants each unit exports into its object. CTAs/SM: the smaller of the register bound (64K registers, "
         "256-register warp granularity) and the shared-memory bound (228 KB/SM on sm_90a, 164 KB on sm_80, 1 KB "
-        "reserved per CTA); an estimate, not the occupancy calculator.",
+        "reserved per CTA); an estimate, not the occupancy calculator. The sm90 kernels are warp-specialized: ptxas "
+        "reports their launch register count, and at run time `setmaxnreg` moves registers from the producer "
+        "warpgroup to the two consumer (MMA) warpgroups.",
         "",
         *compile_table(rows),
         "",

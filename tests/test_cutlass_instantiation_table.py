@@ -38,7 +38,8 @@ def test_kernel_config_from_demangled_names():
             "cutlass::gemm::GemmShape<128, 16, 64>, cutlass::half_t, ...")
     assert tbl.kernel_config("sm80", sm80) == (CUTLASS_CONFIGS["sm80"][1], "f16")
     sm90 = ("void cutlass::device_kernel<cutlass::gemm::kernel::GemmUniversal<cute::tuple<int, int, int, int>, "
-            "cutlass::gemm::collective::CollectiveMma<..., cute::tuple<cute::C<128>, cute::C<32>, cute::C<128> >, "
+            "cutlass::gemm::collective::CollectiveMma<cutlass::gemm::MainloopSm90TmaGmmaWarpSpecializedSparse<4, "
+            "cute::tuple<cute::C<1>, cute::C<1>, cute::C<1> >, ...>, cute::tuple<cute::C<128>, cute::C<32>, cute::C<128> >, "
             "cutlass::bfloat16_t ...>, ..., cutlass::gemm::StreamKScheduler> >")
     assert tbl.kernel_config("sm90", sm90) == (CUTLASS_CONFIGS["sm90"][2], "bf16")
     assert tbl.kernel_config("sm90", sm90.replace("StreamKScheduler", "void")) is None  # no such row

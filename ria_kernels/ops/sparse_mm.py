@@ -17,6 +17,14 @@ and are never traced, so they get no fake.
 returned by ``cslt_search`` (their exact meaning is documented with the C++ op);
 ``alg_id = -1`` asks the extension for its in-memory searched config of this
 problem key, searching on first use (never do that inside CUDA-graph capture).
+
+``cutlass_sparse_mm`` configs are rows of :data:`CUTLASS_CONFIGS` (the C++ table
+``csrc/cutlass_sparse_configs.h``): config 0 is the prefill tile, the others narrow
+token tiles (16/32/64) with serial split-K (sm80) or stream-K (sm90) for decode, all
+over the same compact values and device-ordered metadata; :func:`cutlass_config_for`
+is the static default by token bucket (a measured table may override it). Split
+configs take a workspace allocated by the caller (:func:`cutlass_workspace_size`), so
+the launch allocates nothing and can be captured in a CUDA graph.
 """
 from __future__ import annotations
 
