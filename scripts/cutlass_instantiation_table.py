@@ -393,7 +393,8 @@ def numbers_for_prose() -> dict:
     return d
 
 
-def render(rows: list[Instantiation], compile_cmd: str, nvcc: str, load: str) -> str:
+def render(rows: list[Instantiation], compile_cmd: str, nvcc: str, load: str,
+           compile_lines: Optional[list[str]] = None) -> str:
     p = numbers_for_prose()
     d1, d16, d64, a1 = p[1], p[16], p[64], p["a1"]
     dense256, t256 = p["t256"]
@@ -419,6 +420,8 @@ def render(rows: list[Instantiation], compile_cmd: str, nvcc: str, load: str) ->
         "",
         *compile_table(rows),
         "",
+        *(["Per-unit compile results of that run (a shared 2-core machine, so the wall times are loose):", "",
+           "```", *compile_lines, "```", ""] if compile_lines else []),
         "GEMM dimensions: M = out_features (the 2:4 weight is the sparse A operand), N = tokens (the token tile "
         "`T`), K = in_features. Every config reads the same compact values and the same metadata buffer (sm80: int16 "
         "in LayoutE order; sm90: uint8 in TensorEAtom order, K tile 128 for all configs so `MinTileShapeK` and hence "
@@ -522,12 +525,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", help="a RIA_CHECK_KEEP folder of scripts/check_csrc.sh compiled with -Xptxas -v")
     ap.add_argument("--compile", action="store_true", help="run scripts/check_csrc.sh into /tmp first")
+    ap.add_argument("--compile-log", help="check_csrc.sh's output of the compile that made --objects (for its "
+                    "start load average and the per-unit times)")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
     objdir = args.objects or "/tmp/ria_cutlass_instantiations"
     compile_cmd = (f'RIA_CHECK_FILES="{" ".join(UNITS)}" RIA_CHECK_ARCHS="80 90a" RIA_CHECK_VARIANTS=with '
                    f'RIA_CHECK_OPT="{RELEASE_OPT}" MAX_JOBS=1 RIA_CHECK_KEEP={objdir} nice -n 19 scripts/check_csrc.sh')
     load = open("/proc/loadavg").read().split()[:3]
+    if args.compile_log:
+        m = re.search(r"load ([\d.]+) ([\d.]+) ([\d.]+)", open(args.compile_log).read())
+        load = list(m.groups()) if m else load
     if args.compile:
         env = dict(os.environ, RIA_CHECK_FILES=" ".join(UNITS), RIA_CHECK_ARCHS="80 90a", RIA_CHECK_VARIANTS="with",
                    RIA_CHECK_OPT=RELEASE_OPT, MAX_JOBS="1", RIA_CHECK_KEEP=objdir)
@@ -539,7 +547,9 @@ def main() -> int:
         print(f"no instantiations found in {objdir}", file=sys.stderr)
         return 1
     with open(args.out, "w") as f:
-        f.write(render(rows, compile_cmd, nvcc, " ".join(load)))
+        lines = [l for l in open(args.compile_log).read().splitlines() if l.startswith(("OK ", "FAIL "))] \
+            if args.compile_log else None
+        f.write(render(rows, compile_cmd, nvcc, " ".join(load), lines))
     print(f"wrote {args.out} ({len(rows)} instantiations)")
     return 0
 
