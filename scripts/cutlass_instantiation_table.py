@@ -364,7 +364,7 @@ def estimate_tables(gpu: Gpu, arch: str) -> list[str]:
                 roof = max(dense.t_mem_us, dense.t_mma_us) / max(e.t_mem_us, e.t_mma_us)
                 lines.append(f"| {t} | {e.kernel}{' *' if chosen else ''} | {e.bytes / 1e6:.1f} | {e.l2_bytes / 1e6:.1f} | {e.t_mem_us:.2f} | "
                              f"{e.t_mma_us:.2f} | {e.mma_waste:.1f}x | {e.ctas} | {e.coverage:.2f} | "
-                             f"{e.k_iters_per_cta:.1f} | {e.est_us:.2f} | {e.speedup(dense):.2f}x | {roof:.2f}x |")
+                             f"{'-' if math.isnan(e.k_iters_per_cta) else f'{e.k_iters_per_cta:.1f}'} | {e.est_us:.2f} | {e.speedup(dense):.2f}x | {roof:.2f}x |")
         lines.append("")
     return lines
 
