@@ -14,7 +14,7 @@ import re
 import pytest
 import torch
 
-from ria_kernels import RiaInputError
+from ria_kernels import BackendUnavailableError, RiaInputError
 from ria_kernels.ops import sparse_mm
 from ria_kernels.ops.sparse24_layout import compact_to_sm80_meta, compact_to_sm90_meta
 from ria_kernels.ops.sparse24_mm import compress_24
@@ -153,6 +153,9 @@ def test_wrapper_rejects_bad_config_split_and_workspace():
         sparse_mm.cutlass_sparse_mm(x, values, meta80, config=1, workspace=torch.zeros(8, dtype=torch.int32))
     with pytest.raises(RiaInputError, match="config must be one of"):
         sparse_mm.cutlass_workspace_size("sm80", 32, 3, 64, 9)
+    if not CUDA:  # a valid query needs the extension
+        with pytest.raises(BackendUnavailableError, match="no CUDA device"):
+            sparse_mm.cutlass_workspace_size("sm90", 64, 3, 128, 1)
 
 
 _SCRATCH = "ria_kernels_fake_cfg_test"
