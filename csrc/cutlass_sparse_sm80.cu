@@ -33,6 +33,9 @@
 #include <cutlass/half.h>
 
 #include "ria_cutlass.h"
+#include "cutlass_sparse_configs.h"
+
+#include <type_traits>
 
 #include <c10/cuda/CUDACachingAllocator.h>
 
@@ -43,49 +46,87 @@ namespace {
 constexpr int64_t kMultipleN = 32;
 constexpr int64_t kMultipleK = 64;
 constexpr int64_t kMultipleT = 8;
+#define RIA_SM80_COUNT(...) +1
+constexpr int64_t kNumConfigs = 0 RIA_SM80_CONFIGS(RIA_SM80_COUNT);
+#undef RIA_SM80_COUNT
 
-template <typename Element>
+// One instantiation per row of RIA_SM80_CONFIGS (cutlass_sparse_configs.h). Narrow (split-K serial) configs
+// write an fp32 D: the K slices add their partial sums into D in turn (the epilogue's beta becomes 1 for
+// slices > 0), so an fp32 D keeps that sum in fp32; the pass that transposes D rounds once to x's dtype.
+template <typename Element, int TbM, int TbN, int TbK, int WM, int WN, int WK, int Stages, bool SplitK>
 struct Sm80Sparse {
   using ElementAccumulator = float;
-  static constexpr int kAccessElements = 128 / cutlass::sizeof_bits<Element>::value;  // 8 for 16-bit
+  using ElementOut = std::conditional_t<SplitK, float, Element>;
+  static constexpr int kAccessElements = 128 / cutlass::sizeof_bits<ElementOut>::value;  // 16-byte accesses
+  static constexpr int kAlignAB = 128 / cutlass::sizeof_bits<Element>::value;
   using Epilogue =
-      cutlass::epilogue::thread::LinearCombination<Element, kAccessElements, ElementAccumulator, ElementAccumulator>;
+      cutlass::epilogue::thread::LinearCombination<ElementOut, kAccessElements, ElementAccumulator, ElementAccumulator>;
   using Gemm = cutlass::gemm::device::SparseGemm<
       Element, cutlass::layout::RowMajor,     // A: W compressed values [N, K/2]
       Element, cutlass::layout::ColumnMajor,  // B: x^T [K, T] (x row-major)
-      Element, cutlass::layout::RowMajor,     // C/D: y^T [N, T]
+      ElementOut, cutlass::layout::RowMajor,  // C/D: y^T [N, T]
       ElementAccumulator, cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80,
-      cutlass::gemm::GemmShape<128, 128, 64>,  // threadblock tile (logical K)
-      cutlass::gemm::GemmShape<64, 64, 64>,    // warp tile
-      cutlass::gemm::GemmShape<16, 8, 32>,     // mma.sp instruction
-      Epilogue, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<>, 3>;
+      cutlass::gemm::GemmShape<TbM, TbN, TbK>,  // threadblock tile (logical K); N = tokens
+      cutlass::gemm::GemmShape<WM, WN, WK>,     // warp tile
+      cutlass::gemm::GemmShape<16, 8, 32>,      // mma.sp instruction
+      Epilogue, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<>, Stages, kAlignAB, kAlignAB, SplitK>;
   using ElementE = typename Gemm::ElementE;
   using LayoutE = typename Gemm::LayoutE;
   static_assert(sizeof(ElementE) == 2, "16-bit operands use uint16 metadata");
   static_assert(Gemm::kElementsPerElementE * Gemm::kSparse == 16, "one uint16 of metadata covers 16 input channels");
+  static_assert(TbK == kMultipleK, "every config keeps the same K tile (shape limits, metadata tiling)");
+  static_assert(std::is_same_v<LayoutE, cutlass::layout::ColumnMajorInterleaved<2>>,
+                "the metadata layout (sparse24_layout's sm80 order) must be the same for every config");
 };
 
-template <typename Element>
-void launch(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta, at::Tensor& d, cudaStream_t stream) {
-  using Cfg = Sm80Sparse<Element>;
+template <typename Cfg>
+typename Cfg::Gemm::Arguments make_args(int m, int n, int k, const void* a, const void* b, void* d, const void* e,
+                                        int split_k) {
   using Gemm = typename Cfg::Gemm;
+  using Out = typename Cfg::ElementOut;
+  using Element = typename Gemm::ElementA;
+  return typename Gemm::Arguments(
+      cutlass::gemm::GemmCoord(m, n, k),
+      {reinterpret_cast<const Element*>(a), cutlass::layout::RowMajor(k / 2)},
+      {reinterpret_cast<const Element*>(b), cutlass::layout::ColumnMajor(k)},
+      {reinterpret_cast<Out*>(d), cutlass::layout::RowMajor(n)},  // C: read only by split-K slices > 0 (beta 1)
+      {reinterpret_cast<Out*>(d), cutlass::layout::RowMajor(n)},
+      {reinterpret_cast<typename Cfg::ElementE*>(const_cast<void*>(e)),
+       Cfg::LayoutE::packed(cutlass::MatrixCoord(m, k / 16))},
+      {1.0f, 0.0f}, split_k);
+}
+
+template <typename Cfg>
+void launch(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta, at::Tensor& d, int split_k,
+            const std::optional<at::Tensor>& workspace, bool legacy, cudaStream_t stream) {
   const int m = static_cast<int>(values.size(0));  // N
   const int k = static_cast<int>(x.size(1));       // K
   const int n = static_cast<int>(x.size(0));       // T (padded)
-  cutlass::gemm::GemmCoord problem(m, n, k);
-  auto* a_ptr = reinterpret_cast<const Element*>(values.data_ptr());
-  auto* b_ptr = reinterpret_cast<const Element*>(x.data_ptr());
-  auto* d_ptr = reinterpret_cast<Element*>(d.data_ptr());
-  auto* e_ptr = reinterpret_cast<typename Cfg::ElementE*>(meta.data_ptr());
-  typename Gemm::Arguments args(
-      problem,
-      {a_ptr, cutlass::layout::RowMajor(k / 2)},
-      {b_ptr, cutlass::layout::ColumnMajor(k)},
-      {d_ptr, cutlass::layout::RowMajor(n)},  // C unused: beta = 0
-      {d_ptr, cutlass::layout::RowMajor(n)},
-      {e_ptr, Cfg::LayoutE::packed(cutlass::MatrixCoord(m, k / 16))},
-      {1.0f, 0.0f}, /*split_k_slices=*/1);
-  run_cutlass_op<Gemm>(args, stream);
+  auto args = make_args<Cfg>(m, n, k, values.data_ptr(), x.data_ptr(), d.data_ptr(), meta.data_ptr(), split_k);
+  run_cutlass_op_ws<typename Cfg::Gemm>(args, workspace, legacy, x.get_device(), stream, "cutlass_sparse_mm");
+}
+
+// Config properties by id, from the table (no instantiation needed).
+struct ConfigInfo {
+  int tile_k;
+  bool split_k;
+};
+ConfigInfo config_info(int64_t config) {
+#define RIA_SM80_INFO(id, tbm, tbn, tbk, wm, wn, wk, st, sk) \
+  if (config == id) return {tbk, sk != 0};
+  RIA_SM80_CONFIGS(RIA_SM80_INFO)
+#undef RIA_SM80_INFO
+  TORCH_CHECK(false, "ria_kernels.cutlass_sparse_mm: config must be one of the sm80 configs of "
+              "csrc/cutlass_sparse_configs.h (0..", kNumConfigs - 1, "), got ", config);
+}
+
+void check_split(int64_t config, int64_t split_k, int64_t k) {
+  const ConfigInfo info = config_info(config);
+  TORCH_CHECK(split_k >= 1, "ria_kernels.cutlass_sparse_mm: split_k must be >= 1, got ", split_k);
+  TORCH_CHECK(split_k == 1 || info.split_k, "ria_kernels.cutlass_sparse_mm: config ", config,
+              " has no split-K (only the split-K configs of cutlass_sparse_configs.h take split_k > 1)");
+  TORCH_CHECK(split_k <= k / info.tile_k, "ria_kernels.cutlass_sparse_mm: split_k=", split_k, " exceeds the ",
+              k / info.tile_k, " K tiles of in_features=", k);
 }
 
 int device_capability(int device) {
@@ -111,7 +152,8 @@ std::vector<at::Tensor> compress(const at::Tensor& weight) {
 }
 
 at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha) {
+                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha, int64_t config,
+                     int64_t split_k, const std::optional<at::Tensor>& workspace) {
   check_activation(x);
   const int64_t k = x.size(1);
   TORCH_CHECK(values.device() == x.device() && meta.device() == x.device(),
@@ -129,6 +171,7 @@ at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Te
               "meta must be the contiguous int16 tensor of ", n * (k / 16), " elements from cutlass_compress, got "
               "dtype ", meta.scalar_type(), " numel ", meta.numel());
   check_epilogue(bias, alpha, x, n);
+  check_split(config, split_k, k);
   const c10::cuda::CUDAGuard guard(x.device());
   TORCH_CHECK(device_capability(x.get_device()) >= 80, "the CUTLASS sparse kernel needs compute capability >= 8.0");
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
@@ -138,18 +181,32 @@ at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Te
   const at::Tensor xp = (t_pad == t) ? x : at::constant_pad_nd(x, {0, 0, 0, t_pad - t}, 0);
   TORCH_CHECK(aligned_to(xp.data_ptr(), 16) && aligned_to(values.data_ptr(), 16) && aligned_to(meta.data_ptr(), 16),
               "x, values and meta must be 16-byte aligned");
-  at::Tensor d = at::empty({n, t_pad}, x.options());  // y^T, row-major
-  if (x.scalar_type() == at::kHalf) {
-    launch<cutlass::half_t>(xp, values, meta, d, stream);
-  } else {
-    launch<cutlass::bfloat16_t>(xp, values, meta, d, stream);
+  const bool f32_out = config_info(config).split_k;  // the split-K configs write an fp32 D
+  at::Tensor d = at::empty({n, t_pad}, x.options().dtype(f32_out ? at::kFloat : x.scalar_type()));  // y^T
+  const bool legacy = config == 0;  // the prefill config keeps its caching-allocator workspace path
+  const bool half = x.scalar_type() == at::kHalf;
+  switch (config) {
+#define RIA_SM80_CASE(id, tbm, tbn, tbk, wm, wn, wk, st, sk)                                                   \
+  case id:                                                                                                   \
+    if (half) {                                                                                              \
+      launch<Sm80Sparse<cutlass::half_t, tbm, tbn, tbk, wm, wn, wk, st, sk != 0>>(xp, values, meta, d, split_k, \
+                                                                                workspace, legacy, stream);  \
+    } else {                                                                                                 \
+      launch<Sm80Sparse<cutlass::bfloat16_t, tbm, tbn, tbk, wm, wn, wk, st, sk != 0>>(                       \
+          xp, values, meta, d, split_k, workspace, legacy, stream);                                          \
+    }                                                                                                        \
+    break;
+    RIA_SM80_CONFIGS(RIA_SM80_CASE)
+#undef RIA_SM80_CASE
+    default:
+      TORCH_CHECK(false, "ria_kernels.cutlass_sparse_mm: unknown config ", config);
   }
   // One pass: transpose y^T -> y and apply alpha / bias. The out= forms pin y's row-major layout (a plain
   // elementwise op would inherit the transposed strides of its input).
   auto yt = d.narrow(1, 0, t).t();  // [T, N] view of D
   at::Tensor y = at::empty({t, n}, x.options());
   if (alpha.has_value()) {
-    auto a = alpha->to(x.scalar_type());
+    auto a = alpha->to(d.scalar_type());  // fp32 D: alpha applied in fp32 before the one rounding
     if (bias.has_value()) {
       at::addcmul_out(y, *bias, yt, a);
     } else {
@@ -161,6 +218,38 @@ at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Te
     y.copy_(yt);
   }
   return y;
+}
+
+// Per config: the dynamic shared memory, stages and threads of its kernel, as constants in the object file's
+// .rodata (never read by the extension): scripts/cutlass_instantiation_table.py reads them, next to the
+// registers / spills ptxas reports, for benchmarks/results/cutlass_sparse_instantiations.md.
+#define RIA_SM80_EXPORT(id, tbm, tbn, tbk, wm, wn, wk, st, sk)                                             \
+  extern "C" __attribute__((used)) const int32_t ria_cfg_sm80_##id##_smem =                               \
+      int32_t(sizeof(typename Sm80Sparse<cutlass::half_t, tbm, tbn, tbk, wm, wn, wk, st, sk != 0>::Gemm::GemmKernel::SharedStorage)); \
+  extern "C" __attribute__((used)) const int32_t ria_cfg_sm80_##id##_stages = st;                         \
+  extern "C" __attribute__((used)) const int32_t ria_cfg_sm80_##id##_threads =                            \
+      int32_t(Sm80Sparse<cutlass::half_t, tbm, tbn, tbk, wm, wn, wk, st, sk != 0>::Gemm::GemmKernel::kThreadCount);
+RIA_SM80_CONFIGS(RIA_SM80_EXPORT)
+#undef RIA_SM80_EXPORT
+
+int64_t workspace_size(int64_t n, int64_t t, int64_t k, int64_t config, int64_t split_k) {
+  TORCH_CHECK(n > 0 && t > 0 && k > 0 && k % kMultipleK == 0, "ria_kernels.cutlass_workspace_size: needs n, t > 0 "
+              "and k a positive multiple of 64, got n=", n, " t=", t, " k=", k);
+  check_split(config, split_k, k);
+  const int t_pad = static_cast<int>((t + kMultipleT - 1) / kMultipleT * kMultipleT);
+  switch (config) {  // the sizes only depend on the problem and split (the pointers are not read)
+#define RIA_SM80_WS(id, tbm, tbn, tbk, wm, wn, wk, st, sk)                                                  \
+  case id: {                                                                                              \
+    using Cfg = Sm80Sparse<cutlass::half_t, tbm, tbn, tbk, wm, wn, wk, st, sk != 0>;                        \
+    auto args = make_args<Cfg>(static_cast<int>(n), t_pad, static_cast<int>(k), nullptr, nullptr, nullptr, \
+                               nullptr, static_cast<int>(split_k));                                       \
+    return static_cast<int64_t>(Cfg::Gemm::get_workspace_size(args));                                    \
+  }
+    RIA_SM80_CONFIGS(RIA_SM80_WS)
+#undef RIA_SM80_WS
+    default:
+      TORCH_CHECK(false, "ria_kernels.cutlass_workspace_size: unknown config ", config);
+  }
 }
 
 }  // namespace cutlass_sp
@@ -179,9 +268,10 @@ namespace {
 bool available() { return false; }
 std::vector<at::Tensor> compress(const at::Tensor&) { unavailable("cutlass_compress"); }
 at::Tensor sparse_mm(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                     const std::optional<at::Tensor>&) {
+                     const std::optional<at::Tensor>&, int64_t, int64_t, const std::optional<at::Tensor>&) {
   unavailable("cutlass_sparse_mm");
 }
+int64_t workspace_size(int64_t, int64_t, int64_t, int64_t, int64_t) { unavailable("cutlass_workspace_size"); }
 }  // namespace cutlass_sp
 }  // namespace ria
 

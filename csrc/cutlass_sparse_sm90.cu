@@ -68,6 +68,26 @@ void check_weight_sm90(const at::Tensor& weight) {
   TORCH_CHECK(n <= INT32_MAX && k <= INT32_MAX && n * k <= INT32_MAX,
               "weight has ", n * k, " elements; the CUTLASS sm90 sparse kernel takes at most 2^31-1");
 }
+// config: a row of RIA_SM90_CONFIGS; split_k > 1 only for the stream-K rows (their split-K decomposition).
+void check_config(int64_t config, int64_t split_k, int64_t k, const char* op) {
+  bool known = false, stream_k = false;
+  int64_t tile_k = 1;
+#define RIA_SM90_INFO(id, tm, tn, tk, sk) \
+  if (config == id) {                     \
+    known = true;                         \
+    stream_k = sk != 0;                   \
+    tile_k = tk;                          \
+  }
+  RIA_SM90_CONFIGS(RIA_SM90_INFO)
+#undef RIA_SM90_INFO
+  TORCH_CHECK(known, "ria_kernels.", op, ": config must be a row id of RIA_SM90_CONFIGS "
+              "(csrc/cutlass_sparse_configs.h), got ", config);
+  TORCH_CHECK(split_k >= 1, "ria_kernels.", op, ": split_k must be >= 1, got ", split_k);
+  TORCH_CHECK(split_k == 1 || stream_k, "ria_kernels.", op, ": config ", config, " has no split-K (only the "
+              "stream-K configs take split_k > 1)");
+  TORCH_CHECK(split_k <= (k + tile_k - 1) / tile_k, "ria_kernels.", op, ": split_k=", split_k, " exceeds the ",
+              (k + tile_k - 1) / tile_k, " K tiles of in_features=", k);
+}
 }  // namespace
 
 bool available() { return true; }
@@ -95,7 +115,8 @@ std::vector<at::Tensor> compress(const at::Tensor& weight) {
 }
 
 at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha) {
+                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha, int64_t config,
+                     int64_t split_k, const std::optional<at::Tensor>& workspace) {
   check_activation(x);
   const int64_t t = x.size(0), k = x.size(1);
   TORCH_CHECK(values.device() == x.device() && meta.device() == x.device(),
@@ -118,6 +139,7 @@ at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Te
   TORCH_CHECK(t <= INT32_MAX && t * std::max(k, n) <= INT32_MAX,
               "x.size(0) (tokens) too large for the CUTLASS sm90 sparse kernel (int32 sizes), got ", t);
   check_epilogue(bias, alpha, x, n);
+  check_config(config, split_k, k, "cutlass90_sparse_mm");
   const c10::cuda::CUDAGuard guard(x.device());
   check_hopper(x.get_device(), "cutlass90_sparse_mm");
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.get_device()).stream();
@@ -127,12 +149,41 @@ at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Te
               "x, values and meta must be 16-byte aligned");
   TORCH_CHECK(!bias.has_value() || aligned_to(bias->data_ptr(), 16), "bias must be 16-byte aligned");
   TORCH_CHECK(!alpha.has_value() || aligned_to(alpha->data_ptr(), 16), "alpha must be 16-byte aligned");
-  if (x.scalar_type() == at::kHalf) {
-    detail::gemm_f16(x, values, meta, bias, alpha, y, stream);
-  } else {
-    detail::gemm_bf16(x, values, meta, bias, alpha, y, stream);
+  const detail::GemmCall call{x, values, meta, bias, alpha, y, split_k, workspace, /*legacy=*/config == 0, stream};
+  const bool half = x.scalar_type() == at::kHalf;
+  switch (config) {
+#define RIA_SM90_CASE(id, tm, tn, tk, sk)  \
+  case id:                                 \
+    if (half) {                            \
+      detail::gemm_f16_##id(call);         \
+    } else {                               \
+      detail::gemm_bf16_##id(call);        \
+    }                                      \
+    break;
+    RIA_SM90_CONFIGS(RIA_SM90_CASE)
+#undef RIA_SM90_CASE
+    default:
+      TORCH_CHECK(false, "ria_kernels.cutlass90_sparse_mm: unknown config ", config);
   }
   return y;
+}
+
+int64_t workspace_size(int64_t n, int64_t t, int64_t k, int64_t config, int64_t split_k) {
+  TORCH_CHECK(n > 0 && n % kMultipleN == 0 && t > 0 && k > 0 && k % kMultipleK == 0,
+              "ria_kernels.cutlass90_workspace_size: needs n a positive multiple of 8, t > 0, k a positive multiple "
+              "of 16, got n=", n, " t=", t, " k=", k);
+  check_config(config, split_k, k, "cutlass90_workspace_size");
+  int device = 0;
+  RIA_CUDA_CHECK(cudaGetDevice(&device));  // the stream-K decomposition depends on the current device's SMs
+  switch (config) {
+#define RIA_SM90_WS(id, tm, tn, tk, sk) \
+  case id:                              \
+    return detail::workspace_##id(n, t, k, split_k, device);
+    RIA_SM90_CONFIGS(RIA_SM90_WS)
+#undef RIA_SM90_WS
+    default:
+      TORCH_CHECK(false, "ria_kernels.cutlass90_workspace_size: unknown config ", config);
+  }
 }
 
 }  // namespace cutlass90
@@ -158,9 +209,10 @@ namespace {
 bool available() { return false; }
 std::vector<at::Tensor> compress(const at::Tensor&) { unavailable("cutlass90_compress"); }
 at::Tensor sparse_mm(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                     const std::optional<at::Tensor>&) {
+                     const std::optional<at::Tensor>&, int64_t, int64_t, const std::optional<at::Tensor>&) {
   unavailable("cutlass90_sparse_mm");
 }
+int64_t workspace_size(int64_t, int64_t, int64_t, int64_t, int64_t) { unavailable("cutlass90_workspace_size"); }
 }  // namespace cutlass90
 }  // namespace ria
 

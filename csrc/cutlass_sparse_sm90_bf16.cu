@@ -1,4 +1,4 @@
-// The bfloat16 instantiation of the CUTLASS sm90 2:4 sparse GEMM and compressor (one dtype per translation
+// The bfloat16 instantiation of the CUTLASS sm90 2:4 sparse GEMM (prefill config 0) and compressor (one dtype per translation
 // unit: see cutlass_sparse_sm90.h). Empty unless RIA_CUTLASS90_ENABLED.
 // Guarded before any include: an sm_80-only build (no RIA_WITH_SM90A) compiles an empty unit here instead of
 // parsing the ATen headers for nothing.
@@ -15,11 +15,12 @@ void compress_bf16(const at::Tensor& w, at::Tensor& values, at::Tensor& meta, cu
   compress_impl<cutlass::bfloat16_t>(w, values, meta, stream);
 }
 
-void gemm_bf16(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha, at::Tensor& y,
-               cudaStream_t stream) {
-  gemm_impl<cutlass::bfloat16_t>(x, values, meta, bias, alpha, y, stream);
-}
+// config 0 (the prefill tile; RIA_SM90_CONFIGS rows with stream_k = 0)
+#define RIA_SM90_PICK_0(...) __VA_ARGS__
+#define RIA_SM90_PICK_1(...)
+RIA_SM90_CONFIGS(RIA_SM90_DEFINE_BF16)
+#undef RIA_SM90_PICK_0
+#undef RIA_SM90_PICK_1
 
 }  // namespace detail
 }  // namespace cutlass90

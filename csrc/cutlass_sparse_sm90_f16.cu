@@ -1,4 +1,4 @@
-// The float16 instantiation of the CUTLASS sm90 2:4 sparse GEMM and compressor (one dtype per translation
+// The float16 instantiation of the CUTLASS sm90 2:4 sparse GEMM (prefill config 0) and compressor (one dtype per translation
 // unit: see cutlass_sparse_sm90.h). Empty unless RIA_CUTLASS90_ENABLED.
 // Guarded before any include: an sm_80-only build (no RIA_WITH_SM90A) compiles an empty unit here instead of
 // parsing the ATen headers for nothing.
@@ -15,11 +15,14 @@ void compress_f16(const at::Tensor& w, at::Tensor& values, at::Tensor& meta, cud
   compress_impl<cutlass::half_t>(w, values, meta, stream);
 }
 
-void gemm_f16(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha, at::Tensor& y,
-              cudaStream_t stream) {
-  gemm_impl<cutlass::half_t>(x, values, meta, bias, alpha, y, stream);
-}
+// config 0 (the prefill tile; RIA_SM90_CONFIGS rows with stream_k = 0)
+#define RIA_SM90_PICK_0(...) __VA_ARGS__
+#define RIA_SM90_PICK_1(...)
+RIA_SM90_CONFIGS(RIA_SM90_DEFINE_F16)
+RIA_SM90_CONFIGS(RIA_SM90_DEFINE_WORKSPACE)
+RIA_SM90_CONFIGS(RIA_SM90_EXPORT)  // extern "C": plain symbol names whatever the namespace
+#undef RIA_SM90_PICK_0
+#undef RIA_SM90_PICK_1
 
 }  // namespace detail
 }  // namespace cutlass90

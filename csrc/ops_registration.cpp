@@ -12,6 +12,9 @@
 //   cutlass_* is the CUTLASS 2.x sm80 SparseGemm (any sm80+ GPU); cutlass90_* the CUTLASS 3.x sm90 sparse
 //   collective (sm_90a builds, compute capability 9.0 only). Their values/meta formats differ and are not
 //   interchangeable: cutlass90_compress -> [values [N, K/2], meta uint8 [round_up(N,64), round_up(K,128)/8]].
+//   cutlass*_sparse_mm(config, split_k, workspace): config is a row of csrc/cutlass_sparse_configs.h (0 = the
+//   prefill tile; the others narrow token tiles with split-K / stream-K for decode); the workspace (uint8, at
+//   least cutlass*_workspace_size(n, t, k, config, split_k) bytes) is passed in so the launch allocates nothing.
 // Fake (meta) implementations are registered from Python (ria_kernels/ops/sparse_mm.py).
 #include <Python.h>
 #include <torch/library.h>
@@ -32,10 +35,18 @@ TORCH_LIBRARY_FRAGMENT(ria_kernels, m) {
   m.def("cslt_clear_cache() -> ()", &ria::cslt::clear_cache);
   m.def("cutlass_available() -> bool", &ria::cutlass_sp::available);
   m.def("cutlass_compress(Tensor weight) -> Tensor[]");
-  m.def("cutlass_sparse_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor? alpha) -> Tensor");
+  m.def(
+      "cutlass_sparse_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor? alpha, int config=0, "
+      "int split_k=1, Tensor? workspace=None) -> Tensor");
+  m.def("cutlass_workspace_size(int n, int t, int k, int config, int split_k) -> int",
+        &ria::cutlass_sp::workspace_size);
   m.def("cutlass90_available() -> bool", &ria::cutlass90::available);
   m.def("cutlass90_compress(Tensor weight) -> Tensor[]");
-  m.def("cutlass90_sparse_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor? alpha) -> Tensor");
+  m.def(
+      "cutlass90_sparse_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias, Tensor? alpha, int config=0, "
+      "int split_k=1, Tensor? workspace=None) -> Tensor");
+  m.def("cutlass90_workspace_size(int n, int t, int k, int config, int split_k) -> int",
+        &ria::cutlass90::workspace_size);
 }
 
 TORCH_LIBRARY_IMPL(ria_kernels, CUDA, m) {

@@ -25,15 +25,24 @@ void clear_cache();
 namespace cutlass_sp {
 bool available();
 std::vector<at::Tensor> compress(const at::Tensor& weight);
+// config: a row id of RIA_SM80_CONFIGS (csrc/cutlass_sparse_configs.h); split_k: serial split-K slices (split-K
+// configs only); workspace: uint8 CUDA tensor of >= workspace_size(...) bytes (needed when that is > 0, except
+// for config 0, which then falls back to the caching allocator).
 at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha);
+                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha, int64_t config,
+                     int64_t split_k, const std::optional<at::Tensor>& workspace);
+int64_t workspace_size(int64_t n, int64_t t, int64_t k, int64_t config, int64_t split_k);
 }  // namespace cutlass_sp
 
 // CUTLASS 3.x sm90 (sm_90a, Hopper-only) sparse GEMM; packing and limits in cutlass_sparse_sm90.cu.
 namespace cutlass90 {
 bool available();  // built with the sm_90a kernel (the device must still be compute capability 9.0)
 std::vector<at::Tensor> compress(const at::Tensor& weight);
+// config: a row id of RIA_SM90_CONFIGS; split_k > 1 (stream-K configs only): split-K decomposition into that
+// many slices, 1: CUTLASS's stream-K heuristic; workspace as for cutlass_sp (size for the current device).
 at::Tensor sparse_mm(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha);
+                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alpha, int64_t config,
+                     int64_t split_k, const std::optional<at::Tensor>& workspace);
+int64_t workspace_size(int64_t n, int64_t t, int64_t k, int64_t config, int64_t split_k);
 }  // namespace cutlass90
 }  // namespace ria

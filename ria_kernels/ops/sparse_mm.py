@@ -17,10 +17,22 @@ and are never traced, so they get no fake.
 returned by ``cslt_search`` (their exact meaning is documented with the C++ op);
 ``alg_id = -1`` asks the extension for its in-memory searched config of this
 problem key, searching on first use (never do that inside CUDA-graph capture).
+
+``cutlass_sparse_mm`` configs are rows of :data:`CUTLASS_CONFIGS` (the C++ table
+``csrc/cutlass_sparse_configs.h``): config 0 is the prefill tile, the others narrow
+token tiles (16/32/64) with serial split-K (sm80) or stream-K (sm90) for decode, all
+over the same compact values and device-ordered metadata; :func:`cutlass_config_for`
+is the static default by token bucket (a measured table may override it). Split
+configs take a workspace allocated by the caller (:func:`cutlass_workspace_size`), so
+the launch allocates nothing and can be captured in a CUDA graph.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import threading
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +148,7 @@ def _register_fakes(namespace: str = "ria_kernels") -> None:
         # csrc/cutlass_meta.cpp: values [N, K/2]; metadata [N, K/16] int16 (one 16-bit code per 16 inputs)
         return [weight.new_empty((n, k // 2)), weight.new_empty((n, k // 16), dtype=torch.int16)]
 
-    def cutlass_sparse_mm_fake(x, values, meta, bias=None, alpha=None):
+    def cutlass_sparse_mm_fake(x, values, meta, bias=None, alpha=None, config=0, split_k=1, workspace=None):
         return _fake_mm_out(x, values.shape[0])
 
     def cutlass90_compress_fake(weight):
@@ -147,7 +159,7 @@ def _register_fakes(namespace: str = "ria_kernels") -> None:
         meta_cols = (k + 127) // 128 * 128 // 8
         return [weight.new_empty((n, k // 2)), weight.new_empty((meta_rows, meta_cols), dtype=torch.uint8)]
 
-    def cutlass90_sparse_mm_fake(x, values, meta, bias=None, alpha=None):
+    def cutlass90_sparse_mm_fake(x, values, meta, bias=None, alpha=None, config=0, split_k=1, workspace=None):
         return _fake_mm_out(x, values.shape[0])
 
     reg("cslt_compress", cslt_compress_fake)
@@ -291,13 +303,143 @@ def cutlass_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @_device.guarded  # the inputs' device and stream (issue 20)
 def cutlass_sparse_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
-                      bias: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> torch.Tensor:
+                      bias: torch.Tensor | None = None, alpha: torch.Tensor | None = None, config: int = 0,
+                      split_k: int = 1, workspace: torch.Tensor | None = None) -> torch.Tensor:
+    """``alpha * (x @ W^T) + bias`` on the CUTLASS kernel that ``meta``'s dtype names (sm90: uint8, sm80: int16).
+
+    ``config`` is a ``config_id`` of :data:`CUTLASS_CONFIGS` for that arch (0: the prefill tile; the others
+    narrow token tiles with split-K (sm80) / stream-K (sm90) for decode; :func:`cutlass_config_for` picks one
+    by token count), ``split_k`` the K slices of a split config (sm90: 1 = CUTLASS's stream-K heuristic).
+    ``workspace``: a uint8 CUDA tensor of at least :func:`cutlass_workspace_size` bytes, needed whenever that
+    is > 0 except for config 0; pass one allocated beforehand to capture the call in a CUDA graph."""
     if values.dim() != 2 or values.shape[1] * 2 != x.shape[-1]:
         raise RiaInputError(f"cutlass_sparse_mm: values must be [N, K/2] = [N, {x.shape[-1] // 2}], "
                             f"got {tuple(values.shape)}")
     _check_mm("cutlass_sparse_mm", x, values.shape[0], values.device, bias, alpha)
+    arch = "sm90" if meta.dtype == torch.uint8 else "sm80"
+    cutlass_config(arch, config)  # RiaInputError for an unknown id
+    if isinstance(split_k, bool) or not isinstance(split_k, numbers.Integral) or split_k < 1:
+        raise RiaInputError(f"cutlass_sparse_mm: split_k must be an int >= 1, got {split_k!r}")
+    if workspace is not None and (workspace.dtype != torch.uint8 or workspace.device != x.device
+                                  or not workspace.is_contiguous()):
+        raise RiaInputError(f"cutlass_sparse_mm: workspace must be a contiguous uint8 tensor on {x.device}, "
+                            f"got {workspace.dtype} on {workspace.device}")
     _require("cutlass_sparse_mm")
-    return cutlass_mm_op(meta)(x, values, meta, bias, alpha)
+    return cutlass_mm_op(meta)(x, values, meta, bias, alpha, int(config), int(split_k), workspace)
+
+
+def cutlass_workspace_size(arch: str, n: int, t: int, k: int, config: int, split_k: int = 1) -> int:
+    """Bytes of workspace the ``arch`` CUTLASS kernel needs for config ``config`` on an ``[n, k]`` weight and
+    ``t`` tokens (sm90: on the current device, whose SM count the stream-K decomposition depends on). Asks the
+    extension: the sizes are CUTLASS's own (split-K semaphores, stream-K partial tiles and locks)."""
+    cutlass_config(arch, config)
+    _require("cutlass_workspace_size")
+    op = torch.ops.ria_kernels.cutlass90_workspace_size if arch == "sm90" else torch.ops.ria_kernels.cutlass_workspace_size
+    return int(op(int(n), int(t), int(k), int(config), int(split_k)))
+
+
+# --------------------------------------------------------------------------- CUTLASS configs (pure)
+@dataclass(frozen=True)
+class CutlassConfig:
+    """One CUTLASS 2:4 GEMM instantiation of ``csrc/cutlass_sparse_configs.h`` (a CPU test checks that this
+    table and that header agree). GEMM M = out_features (the weight is the sparse A operand), N = tokens:
+    ``tile_t`` is the token tile. ``split``: ``"none"``, ``"serial"`` (sm80 serial split-K, fp32 partial
+    sums) or ``"stream_k"`` (sm90 StreamKScheduler)."""
+
+    arch: str
+    config_id: int
+    tile_m: int
+    tile_t: int
+    tile_k: int
+    split: str
+    warp: Optional[tuple[int, int, int]] = None  # sm80 warp tile (M, N, K)
+    stages: Optional[int] = None  # sm80 pipeline stages (sm90: CUTLASS's StageCountAutoCarveout)
+
+
+CUTLASS_CONFIGS: dict[str, tuple[CutlassConfig, ...]] = {
+    "sm80": (
+        CutlassConfig("sm80", 0, 128, 128, 64, "none", (64, 64, 64), 3),
+        CutlassConfig("sm80", 1, 128, 16, 64, "serial", (32, 16, 64), 6),
+        CutlassConfig("sm80", 2, 128, 32, 64, "serial", (32, 32, 64), 6),
+        CutlassConfig("sm80", 3, 128, 64, 64, "serial", (64, 32, 64), 4),
+    ),
+    "sm90": (
+        CutlassConfig("sm90", 0, 128, 128, 128, "none"),
+        CutlassConfig("sm90", 1, 128, 16, 128, "stream_k"),
+        CutlassConfig("sm90", 2, 128, 32, 128, "stream_k"),
+        CutlassConfig("sm90", 3, 128, 64, 128, "stream_k"),
+    ),
+}
+# Token counts up to this use the narrow decode tiles; larger T the prefill tile (config 0).
+CUTLASS_DECODE_MAX_T = 64
+# SM counts the static default assumes when the caller passes none: A100 (sm80), H100/H200 SXM (sm90).
+DEFAULT_SM_COUNT = {"sm80": 108, "sm90": 132}
+# Serial split-K keeps at least this many K tiles per slice (a slice shorter than the pipeline is all prologue).
+MIN_K_TILES_PER_SPLIT = 4
+MAX_SPLIT_K = 16
+WAVE_FILL = 0.8
+
+
+def cutlass_config(arch: str, config_id: int) -> CutlassConfig:
+    """The :class:`CutlassConfig` with ``config_id`` for ``arch``; RiaInputError when there is none."""
+    if arch not in CUTLASS_CONFIGS:
+        raise RiaInputError(f"CUTLASS arch must be one of {sorted(CUTLASS_CONFIGS)}, got {arch!r}")
+    for cfg in CUTLASS_CONFIGS[arch]:
+        if not isinstance(config_id, bool) and config_id == cfg.config_id:
+            return cfg
+    ids = [c.config_id for c in CUTLASS_CONFIGS[arch]]
+    raise RiaInputError(f"{arch} CUTLASS config must be one of {ids}, got {config_id!r}")
+
+
+def _positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise RiaInputError(f"cutlass_config_for: {name} must be an int >= 1, got {v!r}")
+    return int(v)
+
+
+def cutlass_config_for(arch: str, t: int, n: int, k: int, sm_count: Optional[int] = None) -> tuple[int, int]:
+    """Static default ``(config_id, split_k)`` of the ``arch`` CUTLASS kernel for ``t`` tokens on an
+    ``[n, k]`` weight: a pure function (no GPU timing; a measured table may override it).
+
+    - ``t > CUTLASS_DECODE_MAX_T``: the prefill tile, config 0, no split.
+    - ``t <= 64``: the narrowest token tile that holds ``t`` (16, 32 or 64), so at most one token tile along N
+      and the least zero-padded MMA work.
+    - sm80 (serial split-K) over ``tiles = ceil(n / tile_m)`` output tiles: the smallest ``split_k`` whose grid
+      of ``tiles * split_k`` CTAs fills its last wave over the SMs to at least ``WAVE_FILL`` (an idle SM streams
+      none of the weight; fewer slices write less fp32 partial traffic), else the best-filled one; at most
+      ``MAX_SPLIT_K`` and so that each slice keeps ``MIN_K_TILES_PER_SPLIT`` K tiles.
+    - sm90 (stream-K): ``split_k = 1``: CUTLASS's stream-K heuristic spreads the K iterations of the few output
+      tiles over the SMs itself.
+
+    ``sm_count`` defaults to :data:`DEFAULT_SM_COUNT` (A100: 108; H100/H200: 132).
+    """
+    if arch not in CUTLASS_CONFIGS:
+        raise RiaInputError(f"cutlass_config_for: arch must be one of {sorted(CUTLASS_CONFIGS)}, got {arch!r}")
+    t, n, k = _positive_int("t", t), _positive_int("n", n), _positive_int("k", k)
+    sms = DEFAULT_SM_COUNT[arch] if sm_count is None else _positive_int("sm_count", sm_count)
+    if t > CUTLASS_DECODE_MAX_T:
+        return 0, 1
+    narrow = sorted((c for c in CUTLASS_CONFIGS[arch] if c.split != "none"), key=lambda c: c.tile_t)
+    cfg = next(c for c in narrow if c.tile_t >= t)
+    if cfg.split == "stream_k":
+        return cfg.config_id, 1
+    tiles = math.ceil(n / cfg.tile_m) * math.ceil(t / cfg.tile_t)
+    k_tiles = max(1, k // cfg.tile_k)
+    cap = max(1, min(MAX_SPLIT_K, k_tiles // MIN_K_TILES_PER_SPLIT))
+    return cfg.config_id, split_for_waves(tiles, sms, cap)
+
+
+def wave_fill(ctas: int, sm_count: int) -> float:
+    """Share of SM slots busy over the waves of ``ctas`` equal CTAs, one per SM at a time."""
+    return ctas / (math.ceil(ctas / sm_count) * sm_count)
+
+
+def split_for_waves(tiles: int, sm_count: int, cap: int) -> int:
+    """The split-K slice count of :func:`cutlass_config_for` (sm80): smallest ``s <= cap`` with
+    ``wave_fill(tiles * s) >= WAVE_FILL``, else the best-filled ``s`` (the smallest among equals)."""
+    fills = [(wave_fill(tiles * s, sm_count), s) for s in range(1, cap + 1)]
+    good = [s for f, s in fills if f >= WAVE_FILL]
+    return good[0] if good else max(fills, key=lambda fs: (fs[0], -fs[1]))[1]
 
 
 def cutlass_mm_op(meta: torch.Tensor):
