@@ -921,3 +921,25 @@ def test_forced_compact_kernel_holds_no_copy(monkeypatch, tmp_path):
     assert m.backend == "sparse24" and m._held_copies() == [] and set(m.held_bytes()) == {"values", "meta", "bias"}
     auto = SparseLinear.from_linear(pruned_linear(32, 64, dtype=torch.float16), memory="fast")
     assert auto._held_copies() == ["cusparselt"]
+
+
+@pytest.mark.parametrize("meta_dtype, arch", [(torch.uint8, "sm90"), (torch.int16, "sm80")])
+def test_cutlass_matmul_picks_the_tile_by_token_count_and_passes_a_workspace(monkeypatch, meta_dtype, arch):
+    """The hot path's config choice (sparse_mm.cutlass_config_for) and workspace handling, with the extension's
+    op and its workspace-size query stood in for (no GPU here)."""
+    calls = []
+    monkeypatch.setattr(sparse_mm, "cutlass_mm_op", lambda meta: lambda *a: calls.append(a) or "y")
+    monkeypatch.setattr(sparse_mm, "cutlass_workspace_size", lambda *a: 4096)
+    monkeypatch.setattr(sl_backends, "_sm_count", lambda device: 132)
+    values = torch.zeros(256, 256, dtype=torch.float16)
+    meta = torch.zeros(4, 4, dtype=meta_dtype)
+    for t in (1, 16, 40, 64, 65, 1000):
+        calls.clear()
+        assert sl_backends._cutlass_matmul(torch.zeros(t, 512, dtype=torch.float16), values, meta, None) == "y"
+        (args,) = calls
+        config, split_k = sparse_mm.cutlass_config_for(arch, t, 256, 512, 132)
+        if config == 0:
+            assert t > 64 and len(args) == 5  # the prefill tile: no workspace
+        else:
+            assert t <= 64 and args[5:7] == (config, split_k)
+            assert args[7].dtype == torch.uint8 and args[7].numel() == 4096

@@ -6,6 +6,7 @@ Hopper, else sm80), ``torch_semi_structured`` (torch's own 2:4 tensor; forced on
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Callable, Mapping, Sequence
@@ -224,8 +225,27 @@ def _cslt_matmul(x2: torch.Tensor, compressed: torch.Tensor, out_features: int, 
 def _cutlass_matmul(x2: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                     bias: torch.Tensor | None) -> torch.Tensor:
     """The extension's CUTLASS matmul on the compact values + metadata in its order (the metadata dtype
-    says which kernel: sparse_mm.cutlass_mm_op). Unchecked hot path; a seam for CPU tests."""
-    return sparse_mm.cutlass_mm_op(meta)(x2, values, meta, bias, None)
+    says which kernel: sparse_mm.cutlass_mm_op). The tile by token count is ``sparse_mm.cutlass_config_for``
+    (narrow token tiles with split-K / stream-K up to 64 tokens, the prefill tile above); a narrow config's
+    workspace is allocated per call from the stream-ordered caching allocator (so overlapping streams never
+    share it, and a CUDA-graph capture takes it from the graph's pool). Under torch.compile tracing the
+    prefill tile runs (it needs no workspace-size query). Unchecked hot path; a seam for CPU tests."""
+    op = sparse_mm.cutlass_mm_op(meta)
+    if torch.compiler.is_compiling():
+        return op(x2, values, meta, bias, None)
+    arch = "sm90" if meta.dtype == torch.uint8 else "sm80"
+    t, n, k = int(x2.shape[0]), int(values.shape[0]), int(x2.shape[1])
+    config, split_k = sparse_mm.cutlass_config_for(arch, t, n, k, _sm_count(x2.device))
+    if config == 0:
+        return op(x2, values, meta, bias, None)
+    size = sparse_mm.cutlass_workspace_size(arch, n, t, k, config, split_k)
+    workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=x2.device)
+    return op(x2, values, meta, bias, None, config, split_k, workspace)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _compress_for_backend(backend: str, dense: torch.Tensor):
