@@ -271,39 +271,53 @@ except ImportError:  # pragma: no cover - triton is a hard dependency
 if triton is not None:
     @triton.jit
     def _meta_codes(m, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, META_WORDS: tl.constexpr):
-        """Metadata tile -> ``[BLOCK_N, BLOCK_K/4]`` int32 group codes ``i0 | i1 << 2``.
+        """Metadata tile -> ``[BLOCK_N, BLOCK_K/4]`` uint32 group codes ``i0 | i1 << 2`` (bits 4-31 unused).
 
         ``m`` is ``[BLOCK_N, BLOCK_K/8]`` bytes, or with META_WORDS ``[BLOCK_N, BLOCK_K/32]`` int32
         words (the same bytes read 4 at a time, little-endian, so the low nibble of a word is its
         first group): word loads are >= 4 bytes per thread, which the pipeliner can stream with
-        async copies like the values."""
+        async copies like the values. Unsigned, so the shifts are logical (no sign extensions),
+        and no group is masked to 4 bits: the expansion tests single bits 0-3 only."""
         if META_WORDS:
-            m = tl.reshape(tl.join(m & 0xFFFF, (m >> 16) & 0xFFFF), (BLOCK_N, BLOCK_K // 16))
-            m = tl.reshape(tl.join(m & 0xFF, m >> 8), (BLOCK_N, BLOCK_K // 8))
+            m = m.to(tl.uint32, bitcast=True)
+            m = tl.reshape(tl.join(m, m >> 16), (BLOCK_N, BLOCK_K // 16))
+            m = tl.reshape(tl.join(m, m >> 8), (BLOCK_N, BLOCK_K // 8))
         else:
-            m = m.to(tl.int32)
-        return tl.reshape(tl.join(m & 15, m >> 4), (BLOCK_N, BLOCK_K // 4))  # low nibble = even group
+            m = m.to(tl.uint32)
+        return tl.reshape(tl.join(m, m >> 4), (BLOCK_N, BLOCK_K // 4))  # low nibble = even group
 
     @triton.jit
-    def _expand_24(v, code, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Compressed tile -> dense tile in registers.
+    def _expand_24(p, code, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HALF: tl.constexpr):
+        """Compressed tile -> dense tile in registers, two dense entries per machine word.
 
-        ``v [BLOCK_N, BLOCK_K/2]`` kept values, ``code [BLOCK_N, BLOCK_K/4]`` group codes
-        -> ``[BLOCK_N, BLOCK_K]`` with every kept value at its column and zeros elsewhere."""
+        ``p [BLOCK_N, BLOCK_K/4]`` one word per group holding both kept values (v0 in the low
+        HALF bits, v1 in the high: the values row read as 2*HALF-bit integers), ``code`` the
+        group codes -> ``[BLOCK_N, BLOCK_K]`` (HALF-bit floats) with every kept value at its
+        column and zeros elsewhere. The dense group is the word pair (d0 | d1 << HALF, d2 | d3 << HALF).
+        With codes c = i0 | i1 << 2, i0 < i1, the six valid codes are told apart by single bits
+        (c0..c3 = bits 0..3): column 0 is v0 unless i0 > 0 (c0 | c1); column 1 is v0 iff c0, else
+        v1 iff i1 == 1 (!c3); column 2 is v0 iff c1, else v1 iff i1 == 2 (!c2); column 3 is v1 iff
+        c2 & c3. Per word:
+          w01 = c0 ? v0 << HALF : c1 ? 0 : c3 ? v0 : p
+          w23 = c1 ? p : !c2 ? v1 : c3 ? v1 << HALF : 0
+        4 bit tests + 6 word selects + 3 shifts/masks per group of 4, on whole words, instead of
+        6 compares + 6 selects on single values (and their unpacking and repacking)."""
         G: tl.constexpr = BLOCK_K // 4
-        v0, v1 = tl.split(tl.reshape(v, (BLOCK_N, G, 2)))              # [BN, G] each
-        i0 = code & 3
-        i1 = code >> 2                                                 # i0 < i1 always
-        zero = tl.zeros_like(v0)
-        # column c of a group holds v0 iff i0 == c, v1 iff i1 == c; c = 0 can only be i0 and
-        # c = 3 only i1, so 6 compares + 6 selects per group of 4
-        d0 = tl.where(i0 == 0, v0, zero)
-        d1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, zero))
-        d2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, zero))
-        d3 = tl.where(i1 == 3, v1, zero)
-        # J[..., a, b] = d_{2a+b}: flattening puts column c = 2a+b of group g at 4g + c
-        dense = tl.join(tl.join(d0, d2), tl.join(d1, d3))
-        return tl.reshape(dense, (BLOCK_N, BLOCK_K))
+        c0 = (code & 1) != 0
+        c1 = (code & 2) != 0
+        c2 = (code & 4) != 0
+        c3 = (code & 8) != 0
+        lo = p & ((1 << HALF) - 1)          # v0 at column 0 (or 2)
+        hi_up = p ^ lo                      # v1 at column 1 (or 3)
+        zero = tl.zeros_like(p)
+        w01 = tl.where(c0, p << HALF, tl.where(c1, zero, tl.where(c3, lo, p)))
+        w23 = tl.where(c1, p, tl.where(c2, tl.where(c3, hi_up, zero), p >> HALF))
+        words = tl.reshape(tl.join(w01, w23), (BLOCK_N, BLOCK_K // 2))   # word 2g + j = columns 4g + 2j, +1
+        if HALF == 16:
+            halves = tl.join(words.to(tl.uint16), (words >> 16).to(tl.uint16))
+        else:
+            halves = tl.join(words.to(tl.uint32), (words >> 32).to(tl.uint32))
+        return tl.reshape(halves, (BLOCK_N, BLOCK_K))
 
     # T (tokens), split_k and split_stride (T * N) are run-time values, not specialised on (== 1, % 16):
     # one compiled kernel per tile config serves every decode step and every split count, so
@@ -312,7 +326,7 @@ if triton is not None:
     def _sparse24_mm_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                             T, N, K, KV, KM, stride_xt, stride_vn, stride_mn, stride_ot, K_PER_SPLIT, split_stride,
                             split_k, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
-                            IEEE: tl.constexpr, META_WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+                            IEEE: tl.constexpr, META_WORDS: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
                             BLOCK_K: tl.constexpr):
         """out[t, n] = sum_k x[t, k] * W[n, k] (+ bias[n]) with W streamed compressed.
 
@@ -338,21 +352,26 @@ if triton is not None:
         k_end = tl.minimum(k_begin + K_PER_SPLIT, K)  # the last split may be shorter: no fully masked step
         acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
         for k0 in range(k_begin, k_end, BLOCK_K):
-            offs_v = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            offs_v = k0 // 4 + tl.arange(0, BLOCK_K // 4)  # one value-pair word per group
             if META_WORDS:  # meta_ptr is int32, K % 32 == 0 and BLOCK_K % 32 == 0
                 offs_m = k0 // 32 + tl.arange(0, BLOCK_K // 32)
             else:
                 offs_m = k0 // 8 + tl.arange(0, BLOCK_K // 8)
             offs_k = k0 + tl.arange(0, BLOCK_K)
             if EVEN_K:
-                v = tl.load(v_rows + offs_v[None, :], mask=n_ok[:, None], other=0.0)
+                v = tl.load(v_rows + offs_v[None, :], mask=n_ok[:, None], other=0)
                 m = tl.load(m_rows + offs_m[None, :], mask=n_ok[:, None], other=0)
                 xt = tl.load(x_cols + offs_k[:, None], mask=t_ok[None, :], other=0.0)
             else:
-                v = tl.load(v_rows + offs_v[None, :], mask=n_ok[:, None] & (offs_v < KV)[None, :], other=0.0)
+                v = tl.load(v_rows + offs_v[None, :], mask=n_ok[:, None] & (offs_v < KV)[None, :], other=0)
                 m = tl.load(m_rows + offs_m[None, :], mask=n_ok[:, None] & (offs_m < KM)[None, :], other=0)
                 xt = tl.load(x_cols + offs_k[:, None], mask=(offs_k < K)[:, None] & t_ok[None, :], other=0.0)
-            w = _expand_24(v, _meta_codes(m, BLOCK_N, BLOCK_K, META_WORDS), BLOCK_N, BLOCK_K)
+            if HALF == 16:
+                v = v.to(tl.uint32, bitcast=True)
+            else:
+                v = v.to(tl.uint64, bitcast=True)
+            w = _expand_24(v, _meta_codes(m, BLOCK_N, BLOCK_K, META_WORDS), BLOCK_N, BLOCK_K, HALF)
+            w = w.to(xt.dtype, bitcast=True)
             if IEEE:
                 acc = tl.dot(w, xt, acc, input_precision="ieee")
             else:
@@ -442,11 +461,18 @@ def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
         if meta.stride(0) % 4 or meta.storage_offset() % 4:
             meta = meta.clone(memory_format=torch.contiguous_format)
         meta = meta.view(torch.int32)
+    # the kernel reads each group's two kept values as one word (int32 for fp16/bf16, int64 for
+    # fp32): the same bytes; a view whose rows are not word-aligned is copied
+    half = 8 * values.element_size()
+    word = torch.int32 if half == 16 else torch.int64
+    if values.stride(0) % 2 or values.storage_offset() % 2:
+        values = values.clone(memory_format=torch.contiguous_format)
+    pairs = values.view(word)
     _sparse24_mm_kernel[grid](
-        x2, values, meta, bias if bias is not None else values, y, ws, counters,
-        t, n, k, k // 2, meta.shape[1], x2.stride(0), values.stride(0), meta.stride(0), y.stride(0), k_per_split, t * n,
+        x2, pairs, meta, bias if bias is not None else x2, y, ws, counters,
+        t, n, k, k // 4, meta.shape[1], x2.stride(0), pairs.stride(0), meta.stride(0), y.stride(0), k_per_split, t * n,
         split, HAS_BIAS=bias is not None, USE_SPLIT=split > 1, EVEN_K=k % cfg.block_k == 0,
-        IEEE=x.dtype == torch.float32, META_WORDS=meta_words, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
+        IEEE=x.dtype == torch.float32, META_WORDS=meta_words, HALF=half, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y.reshape(*lead, n)
 
