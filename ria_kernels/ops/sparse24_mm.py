@@ -177,17 +177,28 @@ def _(x, values, meta, bias, backend):
 
 # --------------------------------------------------------------------------- launch configs
 class Sparse24Config(NamedTuple):
-    """One launch of the kernel: tile sizes, split-K and warps/stages (see :func:`launch_config`)."""
+    """One launch of the kernel: tile sizes, split-K, warps/stages and the register cap
+    (``maxnreg``, None: ptxas decides; see :func:`launch_config`)."""
     block_n: int
     block_t: int
     block_k: int
     split_k: int
     num_warps: int
     num_stages: int
+    maxnreg: Optional[int] = None
 
 
 DEFAULT_NUM_SMS = 132  # H100/H200 SXM; used when no CUDA device is queried (CPU, AOT)
 DECODE_MAX_T = 64
+# decode programs are capped at 128 registers per thread: 4 blocks of 4 warps fit an SM's 64K
+# registers (16 warps to hide the expansion's dependency chains and the DRAM latency)
+DECODE_MAXNREG = 128
+# split-K choice (see _choose_split): programs are placed in units of 2 blocks per SM, a
+# program costs its K-steps plus ~1 step of fixed cost (pipeline fill, epilogue), and fewer than
+# 4 programs per SM leave the SMs under-occupied
+WAVE_BLOCKS_PER_SM = 2
+FILL_BLOCKS_PER_SM = 4
+PROGRAM_OVERHEAD_STEPS = 1
 
 
 def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS,
@@ -195,56 +206,89 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS,
     """The launch heuristic, a pure function of (T, N, K, SM count, dtype).
 
     Decode (T <= 64): one tile covers every token (BLOCK_T = T rounded up to a power of 2,
-    at least 16 for ``tl.dot``), so each weight byte is read once; BLOCK_N = 64 rows, BLOCK_K =
-    256 dense columns per step up to T = 16 (128 above, where the fp32 accumulator needs the
-    registers: 256 would spill at BLOCK_T = 32). Large per-thread tiles amortise the fixed
-    per-step cost of the in-register expansion (SASS: ~7 instructions per dense weight element
-    at 64 x 256 vs ~11 at 64 x 128). Weights are streamed by ``cdiv(N, 64) * split_k`` programs;
-    ``split_k`` brings that count to about 4 programs per SM (enough loads in flight to saturate
-    DRAM) while keeping >= 2 K-steps per split and the fp32 partials (2 * split * T * N * 4 bytes)
-    under ~10% of the weight bytes (``split <= K / (72 T)``), so small-N shapes (4096 x 11008)
-    fill the GPU at small T; at T = 64 a 4096-row weight runs unsplit on 64 programs.
+    at least 16 for ``tl.dot``), so each weight byte is read once; BLOCK_N = 64 rows, 4 warps,
+    and for fp16/bf16 with K % 32 == 0 (every LLaMA shape) BLOCK_K = 128 up to T = 32 and 64
+    at T = 33-64, 3 stages, capped at 128 registers (``DECODE_MAXNREG``): the AOT gate compiles
+    these without spills on sm_80 and sm_90a, and 4 such blocks fit an SM. (sm_90a K-loop SASS
+    after the word-wise expansion, per dense weight element per thread: 5.6 at 64 x 16 x 128
+    and 64 x 32 x 128, 6.75 at 64 x 64 x 64; 64 x 16 x 256 is 5.4 but needs 146 registers, and
+    spills on sm_80 under the cap.) Weights are streamed by ``cdiv(N, 64) * split`` programs;
+    ``split`` (:func:`_choose_split`) makes that count a whole number of 2-blocks-per-SM waves
+    where it can, at >= 4 programs per SM, while keeping >= 2 K-steps per split and the fp32
+    partials (2 * split * T * N * 4 bytes) under ~40% of the weight bytes (``split <= K / (18 T)``).
     Prefill (T > 64): a plain tiled GEMM, 128 x 128 (x 64 below T = 128) output tiles, BLOCK_K
     = 64, no split; the compressed weight tile is re-read per token tile from L2.
 
-    Two cases get smaller K steps (the AOT gate compiles every config this returns and fails on
-    a spill or on shared memory over the arch's limit):
+    Cases with their own tiles (the AOT gate compiles every config this returns and fails on a
+    spill or on shared memory over the arch's limit):
     - ``K % 32 != 0``: the metadata is read byte by byte (its rows are not 4-byte aligned), which
-      costs registers: BLOCK_K 128 up to T = 16, 64 for larger decode tiles; prefill 32 with 8
-      warps over 64 x 128 (T >= 128) or 128 x 64 output tiles (128 x 128 spills with a bias and
-      N % 16 != 0 under Triton 3.6).
+      costs registers (under the 128 cap it spills): BLOCK_K 128 up to T = 16, 64 for larger
+      decode tiles, no register cap; prefill 32 with 8 warps over 64 x 128 (T >= 128) or 128 x 64
+      output tiles (128 x 128 spills with a bias and N % 16 != 0 under Triton 3.6).
     - float32 (the IEEE reference path): operands twice the size, so BLOCK_K 128 (64 with byte
-      metadata) up to T = 16 and 32 with 8 warps and 2 stages above, and 64 x 64 prefill tiles (the fp16 tiles
-      need 167,936 B of shared memory at T <= 16, over sm_80's 166,912 B, and spill above).
+      metadata) up to T = 16 and 32 with 8 warps and 2 stages above, no register cap, and 64 x 64
+      prefill tiles (the fp16 tiles need 167,936 B of shared memory at T <= 16, over sm_80's
+      166,912 B, and spill above).
     """
     words = k % 32 == 0
     fp32 = dtype == torch.float32
     if t <= DECODE_MAX_T:
         block_t = max(16, 1 << max(0, t - 1).bit_length())
+        warps, maxnreg = 4, None
         if fp32:
             block_k = (128 if words else 64) if block_t <= 16 else 32
+            stages = 3
+            if block_t > 16:  # 3 stages spill under Triton 3.9 on sm_80 (byte metadata + bias)
+                warps, stages = 8, 2
         elif words:
-            block_k = 256 if block_t <= 16 else 128
+            block_k = 128 if block_t <= 32 else 64
+            stages, maxnreg = 3, DECODE_MAXNREG
         else:
             block_k = 128 if block_t <= 16 else 64
+            stages = 3 if block_t <= 16 else 4
         block_n = 64
-        tiles = _cdiv(n, block_n)
-        steps = _cdiv(k, block_k)
-        # each split adds 2 * T * N * 4 bytes of fp32 partials (written, then read back once):
-        # keep them under ~10% of the compressed weight's N * K * 9/8 bytes
-        split = max(1, min(round(4 * num_sms / tiles), steps // 2, k // (72 * t)))
-        split = _cdiv(steps, _cdiv(steps, split))  # no empty split
-        stages = 3 if (block_k == 256 or fp32 or (not words and block_t <= 16)) else 4
-        warps = 4
-        if fp32 and block_t > 16:  # 3 stages spill under Triton 3.9 on sm_80 (byte metadata + bias)
-            warps, stages = 8, 2
-        return Sparse24Config(block_n, block_t, block_k, split, warps, stages)
+        split = _choose_split(_cdiv(n, block_n), _cdiv(k, block_k), t, k, num_sms)
+        return Sparse24Config(block_n, block_t, block_k, split, warps, stages, maxnreg)
     if fp32:
         return Sparse24Config(64, 64, 32, 1, 4, 3)
     block_t = 128 if t >= 128 else 64
     if not words:  # byte metadata: 8 warps over a 64 x 128 / 128 x 64 output tile
         return Sparse24Config(64, 128, 32, 1, 8, 3) if block_t == 128 else Sparse24Config(128, 64, 32, 1, 8, 3)
     return Sparse24Config(128, block_t, 64, 1, 8 if block_t == 128 else 4, 3)
+
+
+def split_cost(tiles: int, steps: int, split: int, t: int, k: int, num_sms: int) -> float:
+    """The static cost :func:`_choose_split` minimises, relative to an ideal launch (1.0): the
+    SM time of ``tiles * split`` programs of ``cdiv(steps, split)`` K-steps (+ the fixed cost
+    per program) placed in whole waves of ``WAVE_BLOCKS_PER_SM`` blocks on every SM (a partly
+    filled wave costs a full one), over the useful ``tiles * steps``; divided by the occupancy
+    while fewer than ``FILL_BLOCKS_PER_SM`` programs per SM run; plus the fp32 partials' bytes
+    (written and read back) over the compressed weight's ``N * K * 9/8`` bytes. ``split`` must
+    leave no split empty (``split == cdiv(steps, cdiv(steps, split))``)."""
+    per = _cdiv(steps, split)
+    programs = tiles * split
+    unit = WAVE_BLOCKS_PER_SM * num_sms
+    slots = _cdiv(programs, unit) * unit
+    waves = slots * (per + PROGRAM_OVERHEAD_STEPS) / (tiles * steps)
+    fill = min(1.0, programs / (FILL_BLOCKS_PER_SM * num_sms))
+    partials = 0.0 if split == 1 else 2 * split * t * 4 / (k * 9 / 8)
+    return waves / fill + partials
+
+
+def _choose_split(tiles: int, steps: int, t: int, k: int, num_sms: int) -> int:
+    """The split-K count of a decode launch: the cheapest :func:`split_cost` among the splits that
+    keep >= 2 K-steps per split, the fp32 partials under ~40% of the weight bytes
+    (``split <= K / (18 T)``; they are written and read back once, mostly in L2, and the cost
+    counts them) and no split empty; ties go to the smaller split."""
+    cap = max(1, min(steps // 2, k // (18 * t)))
+    best, best_cost = 1, split_cost(tiles, steps, 1, t, k, num_sms)
+    for split in range(2, cap + 1):
+        if _cdiv(steps, _cdiv(steps, split)) != split:  # an empty split: the same launch as a smaller one
+            continue
+        cost = split_cost(tiles, steps, split, t, k, num_sms)
+        if cost < best_cost - 1e-12:
+            best, best_cost = split, cost
+    return best
 
 
 def launch_grid(t: int, n: int, k: int, cfg: Sparse24Config) -> tuple[tuple[int, int, int], int]:
@@ -473,7 +517,7 @@ def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
         t, n, k, k // 4, meta.shape[1], x2.stride(0), pairs.stride(0), meta.stride(0), y.stride(0), k_per_split, t * n,
         split, HAS_BIAS=bias is not None, USE_SPLIT=split > 1, EVEN_K=k % cfg.block_k == 0,
         IEEE=x.dtype == torch.float32, META_WORDS=meta_words, HALF=half, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg)
     return y.reshape(*lead, n)
 
 

@@ -393,10 +393,13 @@ def test_launch_config_decode_streams_weights_once(n, k):
         steps = -(-k // cfg.block_k)
         programs = -(-n // cfg.block_n) * cfg.split_k
         assert cfg.split_k <= max(1, steps // 2)                 # >= 2 K-steps per split
-        if cfg.split_k > 1:                                      # fp32 partials <= ~10% of W bytes
-            assert 2 * cfg.split_k * t * n * 4 <= 0.12 * n * k * 9 / 8
-        if t <= 4:
-            assert programs >= 1.5 * S.DEFAULT_NUM_SMS           # the whole GPU streams
+        if cfg.split_k > 1:                                      # fp32 partials <= ~40% of W bytes
+            assert 2 * cfg.split_k * t * n * 4 <= 0.4 * n * k * 9 / 8
+        # the whole GPU streams the weight, in ~whole waves of 2 blocks per SM
+        assert programs >= (1.5 if t <= 32 else 0.7) * S.DEFAULT_NUM_SMS
+        unit = 2 * S.DEFAULT_NUM_SMS
+        assert programs / (-(-programs // unit) * unit) >= 0.7
+        assert cfg.num_warps == 4 and cfg.maxnreg == S.DECODE_MAXNREG   # <= 128 registers: 4 blocks per SM
     big = launch_config(1024, n, k)
     assert big.split_k == 1 and big.block_t == 128
 
@@ -443,7 +446,9 @@ def assert_launch_ok(t, n, k, sms, dtype):
         assert gs == 1, where
     if gs > 1:
         assert kps // cfg.block_k >= 2, where                                # >= 2 K-steps per split
-        assert 2 * gs * t * n * 4 <= 0.12 * n * k * 9 / 8, where            # fp32 partials <= ~10% of W
+        assert 2 * gs * t * n * 4 <= 0.4 * n * k * 9 / 8, where             # fp32 partials <= ~40% of W
+    if cfg.maxnreg is not None:  # the register cap: 4 blocks of num_warps fit 64K registers
+        assert 4 * cfg.maxnreg * 32 * cfg.num_warps <= 65536, where
     return cfg
 
 
