@@ -178,3 +178,29 @@ def poison_allocator(nbytes: int) -> None:
     """Fill a freed block with NaN so a kernel that skips elements of its (reused) output shows it."""
     t = torch.full((nbytes // 2 + 1024,), float("nan"), dtype=torch.float16, device="cuda")
     del t
+
+
+@pytest.fixture(scope="session")
+def meta_ops():
+    """``torch.ops.ria_kernels_meta_test.pack_2to4_sm80``: the extension's sm80 packer (csrc/cutlass_meta.cpp,
+    pure ATen) built for the CPU with torch's cpp_extension, cached in build/meta_cpu_test. Opt-in
+    (RIA_KERNELS_COMPILE_CHECK=1: g++, ~1 min the first time). Used by tests/test_build.py and
+    tests/ops/test_sparse24_layout.py."""
+    if os.environ.get("RIA_KERNELS_COMPILE_CHECK", "0") != "1":
+        pytest.skip("set RIA_KERNELS_COMPILE_CHECK=1 to build the CPU metadata-packing test library (g++, ~1 min)")
+    from torch.utils.cpp_extension import load
+
+    from ria_kernels import _build
+
+    build_dir = os.path.join(_build.ROOT, "build", "meta_cpu_test")
+    os.makedirs(build_dir, exist_ok=True)
+    binding = os.path.join(build_dir, "binding.cpp")
+    text = ('#include <torch/library.h>\n#include "cutlass_meta.h"\n'
+            'TORCH_LIBRARY(ria_kernels_meta_test, m) {\n'
+            '  m.def("pack_2to4_sm80(Tensor weight) -> Tensor[]", &ria::cutlass_sp::pack_2to4_sm80);\n}\n')
+    if not os.path.exists(binding) or open(binding).read() != text:  # unchanged: no rebuild
+        with open(binding, "w") as f:
+            f.write(text)
+    load(name="ria_kernels_meta_test", sources=[os.path.join(_build.CSRC, "cutlass_meta.cpp"), binding],
+         extra_include_paths=[_build.CSRC], build_directory=build_dir, is_python_module=False, verbose=False)
+    return torch.ops.ria_kernels_meta_test

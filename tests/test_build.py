@@ -379,22 +379,7 @@ def _reference_unpack(values: torch.Tensor, e_logical: list[list[int]], k: int) 
     return out
 
 
-@pytest.fixture(scope="module")
-def meta_ops():
-    if not COMPILE_CHECK:
-        pytest.skip("set RIA_KERNELS_COMPILE_CHECK=1 to build the CPU metadata-packing test library (g++, ~1 min)")
-    from torch.utils.cpp_extension import load
-
-    build_dir = os.path.join(ROOT, "build", "meta_cpu_test")
-    os.makedirs(build_dir, exist_ok=True)
-    binding = os.path.join(build_dir, "binding.cpp")
-    with open(binding, "w") as f:
-        f.write('#include <torch/library.h>\n#include "cutlass_meta.h"\n'
-                'TORCH_LIBRARY(ria_kernels_meta_test, m) {\n'
-                '  m.def("pack_2to4_sm80(Tensor weight) -> Tensor[]", &ria::cutlass_sp::pack_2to4_sm80);\n}\n')
-    load(name="ria_kernels_meta_test", sources=[os.path.join(_build.CSRC, "cutlass_meta.cpp"), binding],
-         extra_include_paths=[_build.CSRC], build_directory=build_dir, is_python_module=False, verbose=False)
-    return torch.ops.ria_kernels_meta_test
+# meta_ops: the CPU build of csrc/cutlass_meta.cpp (tests/conftest.py; shared with tests/ops/test_sparse24_layout.py)
 
 
 def _random_2to4(n: int, k: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:

@@ -8,16 +8,19 @@ What each GPU test proves (and who relies on it):
 
 * sm80 CUTLASS (any GPU >= 8.0): the extension's own packer (``cutlass_compress``, ``csrc/cutlass_meta.cpp``)
   equals torch's CUTLASS-layout converter (``sparse_semi_structured_from_dense_cutlass``): values are the
-  compact values, metadata is CUTLASS's reordered layout. The sm80 kernel reads this.
+  compact values, metadata is CUTLASS's reordered layout, which is ``compact_to_sm80_meta`` of the compact
+  metadata. The sm80 kernel reads this, and its GEMM on (compact values, converted metadata) matches the
+  reference.
 * sm90 CUTLASS (compute capability 9.0): CUTLASS's own sm90 compressor (``cutlass90_compress``) gives the
-  compact values and, as metadata, :func:`sm90_meta_model` of the compact metadata (a word permutation
-  derived from CUTLASS's ``TensorEAtom_16bit`` layout), and the sm90 GEMM run on (compact values, model
+  compact values and, as metadata, ``sparse24_layout.compact_to_sm90_meta`` of the compact metadata (a
+  word permutation derived from CUTLASS's ``TensorEAtom_16bit`` layout, checked on the CPU against CUTLASS's
+  own CuTe layout by tests/ops/test_sparse24_layout.py), and the sm90 GEMM run on (compact values, model
   metadata) matches the reference: the one-copy design's assumption that no CUTLASS compressor is needed.
 * cuSPARSELt: the extension's ``cslt_compress`` gives the same bytes as torch's ``torch._cslt_compress``
   (same descriptor: row-major, ld = K, 16-byte alignment), and whether its values section is the compact
   values (the design note's open question; main's code does not rely on it, the one-copy design would).
 
-On a CPU the GPU tests skip; the sm90 model's own properties (a bijection of 16-bit words, the strides the
+On a CPU the GPU tests skip; the sm90 converter's own properties (a bijection of 16-bit words, the strides the
 design note derives) are checked here on the CPU.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pytest
 import torch
 
 from ria_kernels.ops import sparse_mm
+from ria_kernels.ops.sparse24_layout import compact_to_sm80_meta, compact_to_sm90_meta
 from ria_kernels.ops.sparse24_mm import compress_24
 from ria_kernels.ops.sparse_mm import sparse_mm_reference
 from conftest import assert_rel_close
@@ -48,37 +52,12 @@ def _round_up(v: int, m: int) -> int:
     return (v + m - 1) // m * m
 
 
-def sm90_meta_model(meta: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """The sm90 CUTLASS metadata buffer ``uint8 [round_up(n, 64), round_up(k, 128) / 8]`` built from the
-    compact metadata ``meta [n, k/8]`` (``compress_24``): a permutation of its 16-bit words.
-
-    Word ``c`` of row ``r`` (groups 4c..4c+3, 4 bits each) goes, inside a 64-row x 128-column atom of 1024
-    bytes, to byte offset ``2*bit3(r) + 4*((c%8)//2) + 16*(r%8) + 128*(c%2) + 256*((r%64)//16)``; atoms are
-    laid out along the rows first (1024 B each), then along K (``n_pad * 16`` B per atom column). Derived
-    from ``make_ordered_layout(Shape<Shape<8,2,4>, Shape<16,2,4>>, Step<Step<3,1,5>, Step<0,4,2>>)`` (CUTLASS
-    ``sm90_sparse_config.inl``, TensorEAtom_16bit with MinTileShapeK = 128); padding is zero."""
-    if k % 16:
-        raise ValueError(f"k must be a multiple of 16 (the sm90 kernel's limit), got {k}")
-    n_pad, k_pad = _round_up(n, 64), _round_up(k, 128)
-    words = torch.zeros(n_pad, k_pad // 16, dtype=torch.int16)
-    words[:n, : k // 16] = meta.cpu().contiguous().view(torch.int16)
-    r = torch.arange(n_pad).view(-1, 1)
-    c = torch.arange(k_pad // 16).view(1, -1)
-    off = ((c // 8) * (n_pad * 16) + (r // 64) * 1024
-           + ((r // 8) % 2) * 2 + ((c % 8) // 2) * 4 + (r % 8) * 16 + (c % 2) * 128 + ((r % 64) // 16) * 256)
-    out = torch.zeros(n_pad * k_pad // 8, dtype=torch.uint8)
-    w = words.to(torch.int32) & 0xFFFF
-    out[off.reshape(-1)] = (w & 0xFF).to(torch.uint8).reshape(-1)
-    out[off.reshape(-1) + 1] = (w >> 8).to(torch.uint8).reshape(-1)
-    return out.view(n_pad, k_pad // 8)
-
-
-# --------------------------------------------------------------------------- CPU: the model itself
+# --------------------------------------------------------------------------- CPU: the sm90 converter itself
 @pytest.mark.parametrize("n,k", [(64, 128), (72, 144), (128, 384)])
-def test_sm90_meta_model_is_a_word_permutation(n, k):
+def test_compact_to_sm90_meta_is_a_word_permutation(n, k):
     words = torch.arange(1, n * k // 16 + 1, dtype=torch.int32).view(n, k // 16)  # distinct, non-zero
     meta = words.to(torch.int16).view(torch.uint8).view(n, k // 8)
-    out = sm90_meta_model(meta, n, k)
+    out = compact_to_sm90_meta(meta, n, k)
     assert out.shape == (_round_up(n, 64), _round_up(k, 128) // 8) and out.dtype == torch.uint8
     out_words = out.view(-1).view(torch.int16).to(torch.int32)
     expected = words.view(-1).to(torch.int16).to(torch.int32).sort().values
@@ -86,7 +65,7 @@ def test_sm90_meta_model_is_a_word_permutation(n, k):
     assert int((out_words != 0).sum()) == n * k // 16  # every word once; the rest is zero padding
 
 
-def test_sm90_meta_model_strides():
+def test_compact_to_sm90_meta_strides():
     """The byte strides of the design note's table, one index at a time (n = 128: two atoms along M)."""
     n, k = 128, 256
     n_pad = 128
@@ -95,7 +74,7 @@ def test_sm90_meta_model_strides():
         meta = torch.zeros(n, k // 8, dtype=torch.uint8)
         meta[r, 2 * c] = 0x5A  # low byte of word c
         meta[r, 2 * c + 1] = 0xC3
-        flat = sm90_meta_model(meta, n, k).view(-1)
+        flat = compact_to_sm90_meta(meta, n, k).view(-1)
         (where,) = torch.nonzero(flat, as_tuple=True)
         assert where.tolist() == [int(where[0]), int(where[0]) + 1] and flat[where].tolist() == [0x5A, 0xC3]
         return int(where[0])
@@ -150,6 +129,21 @@ def test_sm80_cutlass_compress_matches_torch_cutlass_converter(dtype, n, k):
     assert meta.dtype == torch.int16 and meta.numel() == ref_meta.numel()
     assert torch.equal(meta.reshape(-1), ref_meta.reshape(-1).view(torch.int16)), \
         "sm80 metadata differs from torch's CUTLASS converter (reorder_meta layout)"
+    _, compact_meta = compress_24(w)
+    assert torch.equal(meta, compact_to_sm80_meta(compact_meta, n, k)), \
+        "sm80 metadata differs from compact_to_sm80_meta of the compact metadata"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 64, 1024])
+def test_sm80_gemm_on_compact_values_and_converted_metadata(dtype, tokens):
+    _need("cutlass_available")
+    n, k = 256, 512
+    w = exactly_24(n, k, dtype, seed=tokens + 7, device="cuda")
+    x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(tokens + 2)).to(dtype).cuda()
+    values, meta = compress_24(w)
+    y = torch.ops.ria_kernels.cutlass_sparse_mm(x, values, compact_to_sm80_meta(meta, n, k), None, None)
+    assert_rel_close(y, sparse_mm_reference(x, w), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -160,9 +154,9 @@ def test_sm90_cutlass_compressor_gives_compact_values_and_model_metadata(dtype, 
     values, meta = torch.ops.ria_kernels.cutlass90_compress(w)
     compact_values, compact_meta = compress_24(w)
     assert torch.equal(values, compact_values), "CUTLASS's sm90 compressor's values are not the compact values"
-    model = sm90_meta_model(compact_meta, n, k)
+    model = compact_to_sm90_meta(compact_meta, n, k)
     assert meta.shape == model.shape and meta.dtype == torch.uint8
-    diff = (meta.cpu() != model).nonzero()
+    diff = (meta.cpu() != model.cpu()).nonzero()
     assert diff.numel() == 0, (f"sm90 metadata differs from the model in {diff.shape[0]} of {model.numel()} bytes; "
                                f"first at [row, byte] {diff[:4].tolist()}")
 
@@ -175,7 +169,7 @@ def test_sm90_gemm_on_compact_values_and_model_metadata(dtype, tokens):
     w = exactly_24(n, k, dtype, seed=tokens, device="cuda")
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(tokens + 1)).to(dtype).cuda()
     values, meta = compress_24(w)
-    y = torch.ops.ria_kernels.cutlass90_sparse_mm(x, values, sm90_meta_model(meta, n, k).cuda(), None, None)
+    y = torch.ops.ria_kernels.cutlass90_sparse_mm(x, values, compact_to_sm90_meta(meta, n, k).cuda(), None, None)
     assert_rel_close(y, sparse_mm_reference(x, w), dtype)
 
 
