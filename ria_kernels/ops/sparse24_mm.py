@@ -113,8 +113,40 @@ def sparse24_mm_reference(x: torch.Tensor, values: torch.Tensor, meta: torch.Ten
 
 
 # --------------------------------------------------------------------------- public entry point
-def _check_inputs(x, values, meta, bias, out) -> tuple[int, int]:
-    n, k = _check_compressed(values, meta)
+META_LAYOUTS = ("rowmajor", "sm80", "sm90")
+
+
+def _check_layout_meta(values: torch.Tensor, meta: torch.Tensor, meta_layout: str) -> tuple[int, int]:
+    """``_check_compressed`` for a metadata buffer in a device order (``ops/sparse24_layout.py``):
+    sm80 ``int16 [N, K/16]`` (N % 32 == 0, K % 32 == 0), sm90 ``uint8 [round_up(N, 64),
+    round_up(K, 128) / 8]`` (K % 16 == 0)."""
+    from . import sparse24_layout as L
+    if meta_layout not in META_LAYOUTS:
+        raise RiaInputError(f"meta_layout must be one of {META_LAYOUTS}, got {meta_layout!r}")
+    if meta_layout == "rowmajor":
+        return _check_compressed(values, meta)
+    if values.dim() != 2 or meta.dim() != 2:
+        raise RiaInputError(f"values and meta must be 2-D, got {tuple(values.shape)} and {tuple(meta.shape)}")
+    if values.dtype not in SUPPORTED_DTYPES:
+        raise RiaInputError(f"values dtype must be one of {SUPPORTED_DTYPES}, got {values.dtype}")
+    n, k = values.shape[0], 2 * values.shape[1]
+    if meta_layout == "sm80":
+        mult, want, dtype = L.SM80_CONVERT_MULTIPLES, (n, k // 16), torch.int16
+    else:
+        mult, want, dtype = L.SM90_CONVERT_MULTIPLES, L.sm90_meta_shape(n, k), torch.uint8
+    if n <= 0 or k <= 0 or n % mult[0] or k % mult[1]:
+        raise RiaInputError(f"{meta_layout} metadata needs out_features % {mult[0]} == 0 and in_features % "
+                            f"{mult[1]} == 0 (both > 0), got [{n}, {k}]")
+    if meta.dtype != dtype or tuple(meta.shape) != tuple(want):
+        raise RiaInputError(f"{meta_layout} meta must be {dtype} of shape {list(want)}, got {meta.dtype} "
+                            f"{list(meta.shape)}")
+    if meta.device != values.device:
+        raise RiaInputError(f"values and meta must be on one device, got {values.device} and {meta.device}")
+    return n, k
+
+
+def _check_inputs(x, values, meta, bias, out, meta_layout: str = "rowmajor") -> tuple[int, int]:
+    n, k = _check_layout_meta(values, meta, meta_layout)
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise RiaInputError("x must be a tensor of shape [..., in_features]")
     if x.shape[-1] != k:
@@ -138,9 +170,14 @@ def _check_inputs(x, values, meta, bias, out) -> tuple[int, int]:
 
 def sparse24_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                 bias: Optional[torch.Tensor] = None, *, backend: Optional[str] = None,
-                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                out: Optional[torch.Tensor] = None, meta_layout: str = "rowmajor") -> torch.Tensor:
     """``x [..., K] @ W^T (+ bias) -> [..., N]`` in x's dtype, for the compressed 2:4 ``W``
     (see the module docstring); float32 accumulation.
+
+    ``meta_layout`` names the order of ``meta``: ``"rowmajor"`` (the compact format), or the
+    device orders of :mod:`ria_kernels.ops.sparse24_layout` (``"sm80"``: ``int16 [N, K/16]``,
+    ``"sm90"``: ``uint8 [round_up(N, 64), round_up(K, 128) / 8]``), which the Triton kernel reads
+    directly (index arithmetic on the 16-bit words; the values are shared by every order).
 
     The backend is chosen in one place (:func:`_dispatch`): Triton for CUDA tensors, the torch
     reference otherwise; ``backend="triton"|"torch"`` or env ``RIA_KERNELS_BACKEND`` forces one.
@@ -148,30 +185,35 @@ def sparse24_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
     registered: traceable by ``torch.compile``, capturable in CUDA graphs); ``out=`` (eager
     callers: tests, benchmarks) calls the dispatch directly.
     """
-    _check_inputs(x, values, meta, bias, out)
+    if not isinstance(meta_layout, str):
+        raise RiaInputError(f"meta_layout must be one of {META_LAYOUTS}, got {meta_layout!r}")
+    _check_inputs(x, values, meta, bias, out, meta_layout)
     if backend is not None and backend.lower() not in ("triton", "torch"):
         raise RiaInputError(f"backend must be one of ('triton', 'torch'), got {backend!r}")
     if out is not None:
-        return _dispatch(x, values, meta, bias, backend, out)
-    return torch.ops.ria_kernels.sparse24_mm(x, values, meta, bias, backend)
+        return _dispatch(x, values, meta, bias, backend, out, meta_layout)
+    return torch.ops.ria_kernels.sparse24_mm(x, values, meta, bias, backend, meta_layout)
 
 
-def _dispatch(x, values, meta, bias, backend, out=None):
+def _dispatch(x, values, meta, bias, backend, out=None, meta_layout="rowmajor"):
     """The one backend decision for sparse24_mm."""
     if resolve_backend("sparse24_mm", x, backend) == "triton":
-        return _sparse24_mm_triton(x, values, meta, bias, out=out)
+        return _sparse24_mm_triton(x, values, meta, bias, out=out, meta_layout=meta_layout)
+    if meta_layout != "rowmajor":  # the reference reads the compact order
+        from .sparse24_layout import layout_to_compact
+        meta = layout_to_compact(meta, values.shape[0], 2 * values.shape[1], meta_layout)
     y = sparse24_mm_reference(x, values, meta, bias)
     return y if out is None else out.copy_(y)
 
 
 @torch.library.custom_op("ria_kernels::sparse24_mm", mutates_args=())
 def _sparse24_mm_op(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: Optional[torch.Tensor],
-                    backend: Optional[str]) -> torch.Tensor:
-    return _dispatch(x, values, meta, bias, backend)
+                    backend: Optional[str], meta_layout: str = "rowmajor") -> torch.Tensor:
+    return _dispatch(x, values, meta, bias, backend, None, meta_layout)
 
 
 @_sparse24_mm_op.register_fake
-def _(x, values, meta, bias, backend):
+def _(x, values, meta, bias, backend, meta_layout="rowmajor"):
     return x.new_empty((*x.shape[:-1], values.shape[0]))
 
 
@@ -314,17 +356,22 @@ except ImportError:  # pragma: no cover - triton is a hard dependency
 
 if triton is not None:
     @triton.jit
-    def _meta_codes(m, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, META_WORDS: tl.constexpr):
+    def _meta_codes(m, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, META_BITS: tl.constexpr):
         """Metadata tile -> ``[BLOCK_N, BLOCK_K/4]`` uint32 group codes ``i0 | i1 << 2`` (bits 4-31 unused).
 
-        ``m`` is ``[BLOCK_N, BLOCK_K/8]`` bytes, or with META_WORDS ``[BLOCK_N, BLOCK_K/32]`` int32
-        words (the same bytes read 4 at a time, little-endian, so the low nibble of a word is its
-        first group): word loads are >= 4 bytes per thread, which the pipeliner can stream with
-        async copies like the values. Unsigned, so the shifts are logical (no sign extensions),
-        and no group is masked to 4 bits: the expansion tests single bits 0-3 only."""
-        if META_WORDS:
+        ``m`` holds the tile's groups in logical (row, column) order, as ``[BLOCK_N, BLOCK_K/8]``
+        bytes (META_BITS 8), ``[BLOCK_N, BLOCK_K/16]`` 16-bit words (16: the device orders) or
+        ``[BLOCK_N, BLOCK_K/32]`` int32 words (32: row-major bytes read 4 at a time); little-endian,
+        so the low nibble of a word is its first group. Word loads are >= 4 bytes per thread, which
+        the pipeliner can stream with async copies like the values. Unsigned, so the shifts are
+        logical (no sign extensions), and no group is masked to 4 bits: the expansion tests single
+        bits 0-3 only."""
+        if META_BITS == 32:
             m = m.to(tl.uint32, bitcast=True)
             m = tl.reshape(tl.join(m, m >> 16), (BLOCK_N, BLOCK_K // 16))
+            m = tl.reshape(tl.join(m, m >> 8), (BLOCK_N, BLOCK_K // 8))
+        elif META_BITS == 16:
+            m = m.to(tl.uint16, bitcast=True).to(tl.uint32)
             m = tl.reshape(tl.join(m, m >> 8), (BLOCK_N, BLOCK_K // 8))
         else:
             m = m.to(tl.uint32)
@@ -370,7 +417,8 @@ if triton is not None:
     def _sparse24_mm_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                             T, N, K, KV, KM, stride_xt, stride_vn, stride_mn, stride_ot, K_PER_SPLIT, split_stride,
                             split_k, HAS_BIAS: tl.constexpr, USE_SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
-                            IEEE: tl.constexpr, META_WORDS: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+                            IEEE: tl.constexpr, META_WORDS: tl.constexpr, META_LAYOUT: tl.constexpr,
+                            HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
                             BLOCK_K: tl.constexpr):
         """out[t, n] = sum_k x[t, k] * W[n, k] (+ bias[n]) with W streamed compressed.
 
@@ -380,7 +428,12 @@ if triton is not None:
         USE_SPLIT (split_k > 1): each split stores its fp32 partial tile in ``ws [split_k, T, N]``, then
         bumps the tile's counter (``cnt [tiles]``, zeroed per call by the launcher: see
         ``_split_workspace``); the last split to arrive sums the partials in split order
-        (deterministic, whatever the arrival order), adds the bias and writes ``out``."""
+        (deterministic, whatever the arrival order), adds the bias and writes ``out``.
+        META_LAYOUT "sm80" / "sm90": ``m_ptr`` is the metadata's 16-bit words in that device order
+        (``ops/sparse24_layout.py``) and ``stride_mn`` the stride of its outer column block (sm80:
+        a pair of words, ``2N``; sm90: an atom of 8 words, ``8 * round_up(N, 64)``); the word of
+        (row r, 16-column word c) is at ``row_off(r) + col_off(c)``, the layout formula split in its
+        row and column parts, so the row part is computed once per program."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         pid_t = tl.program_id(2)
@@ -390,14 +443,26 @@ if triton is not None:
         t_ok = offs_t < T
         rows = offs_n.to(tl.int64)
         v_rows = v_ptr + rows[:, None] * stride_vn
-        m_rows = m_ptr + rows[:, None] * stride_mn
+        if META_LAYOUT == "sm80":    # reorder_meta's row interleave in 32-row blocks + its 2x2 swizzle
+            m_rows = m_ptr + ((rows // 32) * 64 + (rows % 8) * 8 + ((rows % 32) // 16) * 4 + (rows // 8) % 2)[:, None]
+        elif META_LAYOUT == "sm90":  # TensorEAtom_16bit: 64-row x 8-word atoms of 1024 B, along M first
+            m_rows = m_ptr + ((rows // 64) * 512 + ((rows % 64) // 16) * 128 + (rows % 8) * 8
+                              + (rows // 8) % 2)[:, None]
+        else:
+            m_rows = m_ptr + rows[:, None] * stride_mn
         x_cols = x_ptr + offs_t.to(tl.int64)[None, :] * stride_xt
         k_begin = pid_k * K_PER_SPLIT
         k_end = tl.minimum(k_begin + K_PER_SPLIT, K)  # the last split may be shorter: no fully masked step
         acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
         for k0 in range(k_begin, k_end, BLOCK_K):
             offs_v = k0 // 4 + tl.arange(0, BLOCK_K // 4)  # one value-pair word per group
-            if META_WORDS:  # meta_ptr is int32, K % 32 == 0 and BLOCK_K % 32 == 0
+            if META_LAYOUT == "sm80":    # 16-bit word c: pair c // 2, slot c % 2
+                cw = (k0 // 16 + tl.arange(0, BLOCK_K // 16)).to(tl.int64)
+                offs_m = (cw // 2) * stride_mn + (cw % 2) * 2
+            elif META_LAYOUT == "sm90":  # atom column c // 8, then c % 2 (128 B), then (c % 8) // 2 (4 B)
+                cw = (k0 // 16 + tl.arange(0, BLOCK_K // 16)).to(tl.int64)
+                offs_m = (cw // 8) * stride_mn + (cw % 2) * 64 + ((cw % 8) // 2) * 2
+            elif META_WORDS:  # meta_ptr is int32, K % 32 == 0 and BLOCK_K % 32 == 0
                 offs_m = k0 // 32 + tl.arange(0, BLOCK_K // 32)
             else:
                 offs_m = k0 // 8 + tl.arange(0, BLOCK_K // 8)
@@ -408,13 +473,18 @@ if triton is not None:
                 xt = tl.load(x_cols + offs_k[:, None], mask=t_ok[None, :], other=0.0)
             else:
                 v = tl.load(v_rows + offs_v[None, :], mask=n_ok[:, None] & (offs_v < KV)[None, :], other=0)
-                m = tl.load(m_rows + offs_m[None, :], mask=n_ok[:, None] & (offs_m < KM)[None, :], other=0)
+                if META_LAYOUT == "rowmajor":
+                    m_in = offs_m < KM
+                else:  # KM = K / 16 words per row
+                    m_in = (k0 // 16 + tl.arange(0, BLOCK_K // 16)) < KM
+                m = tl.load(m_rows + offs_m[None, :], mask=n_ok[:, None] & m_in[None, :], other=0)
                 xt = tl.load(x_cols + offs_k[:, None], mask=(offs_k < K)[:, None] & t_ok[None, :], other=0.0)
             if HALF == 16:
                 v = v.to(tl.uint32, bitcast=True)
             else:
                 v = v.to(tl.uint64, bitcast=True)
-            w = _expand_24(v, _meta_codes(m, BLOCK_N, BLOCK_K, META_WORDS), BLOCK_N, BLOCK_K, HALF)
+            META_BITS: tl.constexpr = 16 if META_LAYOUT != "rowmajor" else (32 if META_WORDS else 8)
+            w = _expand_24(v, _meta_codes(m, BLOCK_N, BLOCK_K, META_BITS), BLOCK_N, BLOCK_K, HALF)
             w = w.to(xt.dtype, bitcast=True)
             if IEEE:
                 acc = tl.dot(w, xt, acc, input_precision="ieee")
@@ -473,9 +543,9 @@ def _num_sms(device: torch.device) -> int:
 @_device.guarded  # the inputs' device and stream (issue 20)
 def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                         bias: Optional[torch.Tensor] = None, *, out: Optional[torch.Tensor] = None,
-                        config: Optional[Sparse24Config] = None) -> torch.Tensor:
-    """Launch the Triton kernel (inputs already checked). ``config`` overrides the heuristic
-    (tests use small tiles to reach masked edges cheaply under the interpreter)."""
+                        config: Optional[Sparse24Config] = None, meta_layout: str = "rowmajor") -> torch.Tensor:
+    """Launch the Triton kernel (inputs already checked, ``meta`` in ``meta_layout``). ``config``
+    overrides the heuristic (tests use small tiles to reach masked edges cheaply under the interpreter)."""
     n, k = values.shape[0], 2 * values.shape[1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
@@ -500,11 +570,21 @@ def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
     # 4 metadata bytes per load where rows allow it (every LLaMA shape: K % 32 == 0); a view whose
     # rows are not 4-byte aligned is copied, so the words path is exactly K % 32 == 0, the case
     # launch_config sizes its tiles for
-    meta_words = k % 32 == 0 and cfg.block_k % 32 == 0
+    meta_words = meta_layout == "rowmajor" and k % 32 == 0 and cfg.block_k % 32 == 0
+    meta_cols, meta_stride = meta.shape[1], meta.stride(0)
     if meta_words:
         if meta.stride(0) % 4 or meta.storage_offset() % 4:
             meta = meta.clone(memory_format=torch.contiguous_format)
         meta = meta.view(torch.int32)
+        meta_cols, meta_stride = meta.shape[1], meta.stride(0)
+    elif meta_layout != "rowmajor":
+        # the device orders are addressed as a whole buffer of 16-bit words (the layout formula)
+        meta = meta.contiguous()
+        if meta.storage_offset() % 2:
+            meta = meta.clone()
+        meta = meta.view(torch.int16)
+        meta_cols = k // 16
+        meta_stride = 2 * n if meta_layout == "sm80" else 8 * meta.shape[0]  # sm90: rows padded to 64
     # the kernel reads each group's two kept values as one word (int32 for fp16/bf16, int64 for
     # fp32): the same bytes; a view whose rows are not word-aligned is copied
     half = 8 * values.element_size()
@@ -514,9 +594,9 @@ def _sparse24_mm_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
     pairs = values.view(word)
     _sparse24_mm_kernel[grid](
         x2, pairs, meta, bias if bias is not None else x2, y, ws, counters,
-        t, n, k, k // 4, meta.shape[1], x2.stride(0), pairs.stride(0), meta.stride(0), y.stride(0), k_per_split, t * n,
+        t, n, k, k // 4, meta_cols, x2.stride(0), pairs.stride(0), meta_stride, y.stride(0), k_per_split, t * n,
         split, HAS_BIAS=bias is not None, USE_SPLIT=split > 1, EVEN_K=k % cfg.block_k == 0,
-        IEEE=x.dtype == torch.float32, META_WORDS=meta_words, HALF=half, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
+        IEEE=x.dtype == torch.float32, META_WORDS=meta_words, META_LAYOUT=meta_layout, HALF=half, BLOCK_N=cfg.block_n, BLOCK_T=cfg.block_t, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg)
     return y.reshape(*lead, n)
 
@@ -600,14 +680,28 @@ def aot_cases() -> list:
             for dtype, has_bias in ((torch.float16, False), (torch.bfloat16, False), (torch.float16, True)):
                 label = f"sparse24_mm T={t} N={n} K={k} {str(dtype).split('.')[-1]}" + (" bias" if has_bias else "")
                 cases.append((label, _aot_call(t, n, k, dtype, has_bias)))
+    # the device metadata orders (the kernel's address arithmetic differs; the tiles are the same),
+    # fp16 and bf16, on LLaMA shapes at every decode tile and prefill, and a shape sm90 pads
+    for layout in ("sm80", "sm90"):
+        for n, k in ((4096, 4096), (8192, 28672)) + (((4160, 4112),) if layout == "sm90" else ()):
+            for t in (1, 17, 33, 1024):
+                for dtype in (torch.float16, torch.bfloat16):
+                    label = f"sparse24_mm layout={layout} T={t} N={n} K={k} {str(dtype).split('.')[-1]}"
+                    cases.append((label, _aot_call(t, n, k, dtype, False, layout)))
     return cases
 
 
-def _aot_call(t: int, n: int, k: int, dtype: torch.dtype, has_bias: bool):
+def _aot_call(t: int, n: int, k: int, dtype: torch.dtype, has_bias: bool, meta_layout: str = "rowmajor"):
     def call():
+        from .sparse24_layout import sm90_meta_shape
         x = torch.empty((t, k), dtype=dtype)
         values = torch.empty((n, k // 2), dtype=dtype)
-        meta = torch.zeros((n, (k + 7) // 8), dtype=torch.uint8)
+        if meta_layout == "sm80":
+            meta = torch.zeros((n, k // 16), dtype=torch.int16)
+        elif meta_layout == "sm90":
+            meta = torch.zeros(sm90_meta_shape(n, k), dtype=torch.uint8)
+        else:
+            meta = torch.zeros((n, (k + 7) // 8), dtype=torch.uint8)
         bias = torch.empty((n,), dtype=dtype) if has_bias else None
-        return sparse24_mm(x, values, meta, bias, backend="triton")
+        return sparse24_mm(x, values, meta, bias, backend="triton", meta_layout=meta_layout)
     return call
