@@ -232,9 +232,12 @@ class Sparse24Config(NamedTuple):
 
 DEFAULT_NUM_SMS = 132  # H100/H200 SXM; used when no CUDA device is queried (CPU, AOT)
 DECODE_MAX_T = 64
-# decode programs are capped at 128 registers per thread: 4 blocks of 4 warps fit an SM's 64K
-# registers (16 warps to hide the expansion's dependency chains and the DRAM latency)
+# decode programs are capped at 128 registers per thread up to T = 16: 4 blocks of 4 warps fit an
+# SM's 64K registers (16 warps to hide the expansion's dependency chains and the DRAM latency). The
+# wider token tiles (T = 17-64: a 64 x 32 / 64 x 64 fp32 accumulator, and the split-K epilogue's
+# second one) spill under 128 in the AOT gate (odd N, bias, ragged K), so they get 168: 3 blocks.
 DECODE_MAXNREG = 128
+DECODE_MAXNREG_WIDE = 168
 # split-K choice (see _choose_split): programs are placed in units of 2 blocks per SM, a
 # program costs its K-steps plus ~1 step of fixed cost (pipeline fill, epilogue), and fewer than
 # 4 programs per SM leave the SMs under-occupied
@@ -250,11 +253,12 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS,
     Decode (T <= 64): one tile covers every token (BLOCK_T = T rounded up to a power of 2,
     at least 16 for ``tl.dot``), so each weight byte is read once; BLOCK_N = 64 rows, 4 warps,
     and for fp16/bf16 with K % 32 == 0 (every LLaMA shape) BLOCK_K = 128 up to T = 32 and 64
-    at T = 33-64, 3 stages, capped at 128 registers (``DECODE_MAXNREG``): the AOT gate compiles
-    these without spills on sm_80 and sm_90a, and 4 such blocks fit an SM. (sm_90a K-loop SASS
-    after the word-wise expansion, per dense weight element per thread: 5.6 at 64 x 16 x 128
-    and 64 x 32 x 128, 6.75 at 64 x 64 x 64; 64 x 16 x 256 is 5.4 but needs 146 registers, and
-    spills on sm_80 under the cap.) Weights are streamed by ``cdiv(N, 64) * split`` programs;
+    at T = 33-64, 3 stages, capped at 128 registers up to T = 16 (``DECODE_MAXNREG``: 4 blocks
+    per SM) and 168 above (``DECODE_MAXNREG_WIDE``: 3 blocks; 128 spills there): the AOT gate
+    compiles these without spills on sm_80 and sm_90a. (sm_90a K-loop SASS after the word-wise
+    expansion, aligned shape, per dense weight element per thread: 5.6 at 64 x 16 x 128 and
+    64 x 32 x 128, 6.75 at 64 x 64 x 64; 64 x 16 x 256 is 5.4 but needs 146 registers, and
+    spills on sm_80 under a 128 cap.) Weights are streamed by ``cdiv(N, 64) * split`` programs;
     ``split`` (:func:`_choose_split`) makes that count a whole number of 2-blocks-per-SM waves
     where it can, at >= 4 programs per SM, while keeping >= 2 K-steps per split and the fp32
     partials (2 * split * T * N * 4 bytes) under ~40% of the weight bytes (``split <= K / (18 T)``).
@@ -284,7 +288,7 @@ def launch_config(t: int, n: int, k: int, num_sms: int = DEFAULT_NUM_SMS,
                 warps, stages = 8, 2
         elif words:
             block_k = 128 if block_t <= 32 else 64
-            stages, maxnreg = 3, DECODE_MAXNREG
+            stages, maxnreg = 3, (DECODE_MAXNREG if block_t <= 16 else DECODE_MAXNREG_WIDE)
         else:
             block_k = 128 if block_t <= 16 else 64
             stages = 3 if block_t <= 16 else 4

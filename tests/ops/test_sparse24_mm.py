@@ -470,7 +470,8 @@ def test_launch_config_decode_streams_weights_once(n, k):
         assert programs >= (1.5 if t <= 32 else 0.7) * S.DEFAULT_NUM_SMS
         unit = 2 * S.DEFAULT_NUM_SMS
         assert programs / (-(-programs // unit) * unit) >= 0.7
-        assert cfg.num_warps == 4 and cfg.maxnreg == S.DECODE_MAXNREG   # <= 128 registers: 4 blocks per SM
+        # <= 128 registers (4 blocks of 4 warps per SM) up to T = 16, <= 168 (3 blocks) above
+        assert cfg.num_warps == 4 and cfg.maxnreg == (S.DECODE_MAXNREG if t <= 16 else S.DECODE_MAXNREG_WIDE)
     big = launch_config(1024, n, k)
     assert big.split_k == 1 and big.block_t == 128
 
@@ -521,8 +522,8 @@ def assert_launch_ok(t, n, k, sms, dtype):
     if gs > 1:
         assert kps // cfg.block_k >= 2, where                                # >= 2 K-steps per split
         assert 2 * gs * t * n * 4 <= 0.4 * n * k * 9 / 8, where             # fp32 partials <= ~40% of W
-    if cfg.maxnreg is not None:  # the register cap: 4 blocks of num_warps fit 64K registers
-        assert 4 * cfg.maxnreg * 32 * cfg.num_warps <= 65536, where
+    if cfg.maxnreg is not None:  # the register cap: 4 (T <= 16) or 3 blocks of num_warps fit 64K registers
+        assert (4 if t <= 16 else 3) * cfg.maxnreg * 32 * cfg.num_warps <= 65536, where
     return cfg
 
 
