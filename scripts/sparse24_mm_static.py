@@ -164,7 +164,8 @@ def model(t: int, n: int, k: int, cfg, grid, comp: dict, gpu: dict, arch: int) -
 
 def cfg_label(cfg) -> str:
     s = f"{cfg.block_n}x{cfg.block_t}x{cfg.block_k}, {cfg.num_warps} warps, {cfg.num_stages} stages"
-    return s + (f", maxnreg {cfg.maxnreg}" if cfg.maxnreg else "")
+    cap = getattr(cfg, "maxnreg", None)  # (configs before the register cap have no such field)
+    return s + (f", maxnreg {cap}" if cap else "")
 
 
 def markdown(res: dict) -> str:
@@ -181,12 +182,30 @@ def markdown(res: dict) -> str:
          "| config (BN x BT x BK, warps, stages, cap) | variant | regs | spills | smem (B) | blocks/SM | "
          "K-loop SASS | dense elems / thread / step | SASS / elem | int/logic / elem | top opcodes |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    seen = set()
     for c in res["compiled"]:
         elems = c["block_n"] * c["block_k"] / (32 * c["num_warps"])
         top = ", ".join(f"{op} {v}" for op, v in list(c["mix"].items())[:8])
+        key = (c["config"], c["variant"], c["registers"], c["loop"], c["shared"])
+        if key in seen:  # compiles that differ only in Triton's integer specialisations (e.g. N % 16)
+            continue
+        seen.add(key)
         L.append(f"| {c['config']} | {c['variant']} | {c['registers']} | {c['spill_stores']}/{c['spill_loads']} | "
                  f"{c['shared']} | {c['blocks_per_sm']} | {c['loop']} | {elems:.0f} | {c['loop'] / elems:.2f} | "
                  f"{c['alu'] / elems:.2f} | {top} |")
+    cmp = res.get("compare")
+    if cmp:
+        L += ["", f"Kernels of {cmp['source']} (same script, same model):", "",
+              "| config | variant | regs | K-loop SASS | SASS / elem | int/logic / elem |", "|---|---|---|---|---|---|"]
+        seen = set()
+        for c in cmp["compiled"]:
+            elems = c["block_n"] * c["block_k"] / (32 * c["num_warps"])
+            key = (c["config"], c["variant"], c["registers"], c["loop"])
+            if key in seen:
+                continue
+            seen.add(key)
+            L.append(f"| {c['config']} | {c['variant']} | {c['registers']} | {c['loop']} | {c['loop'] / elems:.2f} | "
+                     f"{c['alu'] / elems:.2f} |")
     L += ["", f"## 2. Per token bucket vs an ideal dense GEMM ({g['name']} model)", "",
           f"Model: DRAM {g['dram'] / 1e12:.2f} TB/s, {g['sms']} SMs at {g['clock'] / 1e9:.3f} GHz, "
           f"{ISSUE_PER_CLK} warp-instructions/clk/SM issue, {ALU_PER_CLK} integer/logic and {FMA_HEAVY_PER_CLK} IMAD "
@@ -198,15 +217,21 @@ def markdown(res: dict) -> str:
         rows = [r for r in res["estimates"] if ((r["N"], r["K"]) in FOCUS) == focus]
         if not rows:
             continue
+        cmp = res.get("compare")
+        extra_h = f" {cmp['source']}: kernel us / dense ratio |" if cmp else ""
         L += [("### LLaMA 4096x4096 and 8192x28672" if focus else "### Other LLaMA-2 shapes"), "",
               "| N x K | T | config | grid (N tiles, splits, T tiles) | programs / SM | DRAM us | issue us | "
-              "int/logic us | IMAD us | MMA us | bound | kernel us | ideal dense us | dense / kernel |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "int/logic us | IMAD us | MMA us | bound | kernel us | ideal dense us | dense / kernel |" + extra_h,
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cmp else "")]
         for r in rows:
             b = r["bounds_us"]
+            extra = ""
+            if cmp:
+                o = cmp["estimates"].get(f"{r['N']}x{r['K']} T={r['T']}")
+                extra = f" {o['kernel_us']} / {o['speedup']} ({o['bound']}) |" if o else " - |"
             L.append(f"| {r['N']}x{r['K']} | {r['T']} | {r['config_label']} | {tuple(r['grid'])} | "
                      f"{r['programs_per_sm']} | {b['dram']} | {b['issue']} | {b['alu']} | {b['imad']} | {b['mma']} | {r['bound']} | "
-                     f"{r['kernel_us']} | {r['dense_us']} | **{r['speedup']}** |")
+                     f"{r['kernel_us']} | {r['dense_us']} | **{r['speedup']}** |" + extra)
         L.append("")
     L += ["## 3. Bytes", "",
           "Compressed fp16 weight: values `N*K/2*2` + metadata `N*K/8` bytes = 0.5625x dense, so the "
@@ -233,6 +258,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", default=None, help="T,T,... (default 1,4,16,64,256,1024)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for sparse24_mm_static.md/json")
     ap.add_argument("--print-only", action="store_true", help="print the estimate, write nothing")
+    ap.add_argument("--json", default=None, help="also write the results JSON here (e.g. of an older commit)")
+    ap.add_argument("--compare", default=None, metavar="JSON",
+                    help="a results JSON of another commit (--json there): its kernel time and ratio as columns")
+    ap.add_argument("--compare-label", default=None, help="how the table names --compare (e.g. its commit)")
     args = ap.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="ria_s24_static_")  # fresh: ptxas always runs
@@ -273,6 +302,8 @@ def main(argv=None) -> int:
             estimates.append(r)
             print(f"{n}x{k} T={t:5d}: {r['config_label']}, grid {tuple(r['grid'])}, {r['bound']}-bound, "
                   f"kernel {r['kernel_us']} us vs ideal dense {r['dense_us']} us -> {r['speedup']}x", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(compiled=compiled, estimates=estimates), indent=1))
     if args.print_only:
         return 0
     try:
@@ -288,6 +319,10 @@ def main(argv=None) -> int:
                load=" ".join(f"{v:.2f}" for v in os.getloadavg()), triton=triton.__version__,
                target=f"sm_{args.arch}{'a' if args.arch == 90 else ''}", commit=commit, host=platform.node(),
                gpu=gpu, compiled=compiled, estimates=estimates, notes=NOTES)
+    if args.compare:
+        old = json.loads(Path(args.compare).read_text())
+        res["compare"] = dict(source=args.compare_label or args.compare, compiled=old["compiled"],
+                              estimates={f"{r['N']}x{r['K']} T={r['T']}": r for r in old["estimates"]})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sparse24_mm_static.json").write_text(json.dumps(res, indent=1))
