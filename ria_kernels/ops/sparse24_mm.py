@@ -17,11 +17,13 @@ limit of a decode GEMV is 1/0.5625 = 1.78x dense.
 Reference: :func:`sparse24_mm_reference` (decompress, then ``F.linear`` in float32).
 
 Kernel (:func:`sparse24_mm`, one Triton kernel for every token count T): each program streams
-``[BLOCK_N, BLOCK_K/2]`` values and the matching metadata (read as int32 words, 8 group codes
-each, when ``K % 32 == 0``: the same bytes, little-endian, so no second layout), expands them to
-the dense ``[BLOCK_N, BLOCK_K]`` tile in registers (6 compares + 6 selects per group of 4) and
-feeds ``tl.dot(W_tile, x_tile^T)`` with fp32 accumulation; the dense weight never exists in
-memory. Decode (T <= 64): one token tile, so every weight byte is read once, with split-K to fill
+``[BLOCK_N, BLOCK_K/2]`` values (read as one 32-bit word per group: both kept entries) and the
+matching metadata (read as int32 words, 8 group codes each, when ``K % 32 == 0``: the same bytes,
+little-endian, so no second layout; or in the CUTLASS sm80 / sm90 orders of
+:mod:`ria_kernels.ops.sparse24_layout`, ``meta_layout=``, by index arithmetic), expands them to
+the dense ``[BLOCK_N, BLOCK_K]`` tile in registers (per group, two dense words from the value
+word: 4 single-bit tests of the code + 6 word selects + 3 shifts/masks) and feeds
+``tl.dot(W_tile, x_tile^T)`` with fp32 accumulation; the dense weight never exists in memory. Decode (T <= 64): one token tile, so every weight byte is read once, with split-K to fill
 the SMs; prefill: a tiled GEMM. Configs: :func:`launch_config` (a pure function of T, N, K, the SM count and
 the dtype; no run-time autotuning, so launches are CUDA-graph capturable and AOT-recordable:
 :func:`aot_cases` compiles every variant :func:`reachable_configs` lists). Split-K partials and
