@@ -12,9 +12,9 @@ and ``meta`` -- so ``.to()``, ``state_dict``, ``torch.compile`` and CUDA graphs 
   ``"sm90"`` on Hopper; :mod:`ria_kernels.ops.sparse24_layout`), so the sparse tensor cores (backend
   ``cutlass``) and the compact kernel read the same ONE copy; elsewhere (CPU, odd shapes, float32,
   an sm90 shape whose metadata would need padding) it stays row-major. ``state_dict`` and checkpoints
-  always hold the row-major order (portable). Until the compact Triton kernel reads a CUTLASS order
-  (``ops.sparse24_mm.KERNEL_META_LAYOUTS``), the module keeps row-major ``meta`` plus that order in
-  ``cutlass_meta`` (+1/16 of the dense bytes, logged as a warning).
+  always hold the row-major order (portable). The compact Triton kernel reads both CUTLASS orders
+  (``ops.sparse24_mm.KERNEL_META_LAYOUTS``); were an order not among them, the module would keep
+  row-major ``meta`` plus that order in ``cutlass_meta`` (+1/16 of the dense bytes, logged as a warning).
 - ``"cusparselt"`` (formerly ``"fast"``, still accepted with a warning): compact + cuSPARSELt's copy
   (its buffer is opaque, so it cannot share the compact one), built from the compact format (a
   transient dense weight per linear at build time only), about 1.125x the dense weight bytes
