@@ -447,10 +447,10 @@ def test_one_copy_model_in_the_cutlass_order(family, mode, layout, monkeypatch, 
     monkeypatch.setenv("RIA_KERNELS_SPARSE_AUTOTUNE", "0")
     from ria_kernels import sparse_linear as sl
     table = sl.TuneTable(tmp_path / "table.json")  # empty: nothing measured
-    for m in mods:  # the modules as on a GPU: CUTLASS is the static choice from 64 tokens
+    for m in mods:  # the modules as on a GPU: CUTLASS is the static choice from 16 tokens
         fake.as_gpu(m, monkeypatch, table)
-        assert m.backend_for(64) == ("sparse24" if m in padded else "cutlass") and m.backend_for(1) == "sparse24"
-    for ids in (inputs(), inputs(batch=4, seqlen=40)):  # 22 tokens: compact kernel; 160: CUTLASS
+        assert m.backend_for(16) == ("sparse24" if m in padded else "cutlass") and m.backend_for(1) == "sparse24"
+    for ids in (inputs(batch=1, seqlen=7), inputs(batch=4, seqlen=40)):  # 7 tokens: compact kernel; 160: CUTLASS
         assert max_logit_diff(model, dense, ids) <= ATOL
     assert {t for t, _ in fake.cutlass_calls} == {160} and len(fake.cutlass_calls) >= len(mods) - len(padded)
     save_sparse(model, tmp_path / "ck", report=report)

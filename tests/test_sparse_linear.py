@@ -306,10 +306,10 @@ def test_compact_mode_holds_one_copy_in_the_cutlass_order(monkeypatch, tmp_path,
     assert set(sd) == {"values", "meta"} | ({"bias"} if bias else set())
     assert sd["meta"].dtype == torch.uint8 and torch.equal(sd["meta"], meta)  # the checkpoint stays row-major
     fake.as_gpu(m, monkeypatch, sl.TuneTable(tmp_path / "t.json"))
-    assert m.backend_for(1) == "sparse24" and m.backend_for(16) == "sparse24"
+    assert m.backend_for(1) == "sparse24" and m.backend_for(sl.STATIC_TENSOR_CORE_MIN_TOKENS // 2) == "sparse24"
     assert m.backend_for(sl.STATIC_TENSOR_CORE_MIN_TOKENS) == "cutlass" and m.backend_for(1000) == "cutlass"
     ref = lin.float()
-    for tokens, backend in ((3, "sparse24"), (64, "cutlass"), (100, "cutlass")):
+    for tokens, backend in ((3, "sparse24"), (16, "cutlass"), (100, "cutlass")):
         x = torch.randn(tokens, 512, dtype=dtype)
         calls = len(fake.cutlass_calls)
         got = m(x)

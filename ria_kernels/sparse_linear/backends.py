@@ -32,12 +32,13 @@ ENV_BACKEND = "RIA_KERNELS_SPARSE_BACKEND"
 SPARSE_MARGIN = 0.03
 # With no measured entry for a bucket and no timing possible (tracing, capture, autotune off), the static
 # default: CUTLASS on the compact weight from this token bucket up, the compact Triton kernel below. Why
-# 64, from the two static estimates (H200 model, not measurements): on 4096x4096 the Triton kernel is
-# estimated at 1.75x / 1.45x / 1.23x dense at T = 1 / 16 / 64 (benchmarks/results/sparse24_mm_static.md)
-# and CUTLASS sm90's 128x64 stream-K tile at 1.50x at T = 64, its 128x128 tile 0.65x vs Triton's 0.51x at
-# T = 256 (benchmarks/results/cutlass_sparse_instantiations.md): Triton leads below 64 tokens, CUTLASS
-# from 64. A measured entry (first eager use, or tune()) wins.
-STATIC_TENSOR_CORE_MIN_TOKENS = 64
+# 16, from the two static estimates (H200 model, not measurements) on 4096x4096: the Triton kernel
+# 1.75x / 1.68x / 1.45x / 1.23x / 0.51x dense at T = 1 / 4 / 16 / 64 / 256
+# (benchmarks/results/sparse24_mm_static.md); CUTLASS sm90 1.52x at T = 1 (128x16 stream-K), 1.51x at
+# T = 16, 1.50x at T = 64 (128x64 stream-K), 0.65x at T = 256 (128x128)
+# (benchmarks/results/cutlass_sparse_instantiations.md): Triton leads at 1-4 tokens, CUTLASS from 16.
+# A measured entry (first eager use, or tune()) wins.
+STATIC_TENSOR_CORE_MIN_TOKENS = 16
 # (out_features, in_features) multiples each extension backend accepts for fp16/bf16; for
 # cutlass the sm80 kernel's, the loosest-to-state bound when the GPU's kernel is not known yet
 # (sparse_mm.CUTLASS_SHAPE_MULTIPLES per kernel; torch's own path: its
