@@ -61,3 +61,15 @@ def build_shared(stem: str, source: str, flags: tuple[str, ...] = FLAGS) -> str:
             shutil.copyfile(so, staged)
             os.replace(staged, path)  # atomic: concurrent builders never load a half-written file
     return path
+
+
+def load_once(state: dict, lock, build):
+    """``(lib, "")`` from ``build()`` on the first call (``state`` keeps it), ``(None, why)`` when the build
+    failed (no compiler, read-only cache, ...: the caller's dispatch point reports ``why``)."""
+    with lock:
+        if "lib" not in state:
+            try:
+                state["lib"], state["why"] = build(), ""
+            except Exception as e:
+                state["lib"], state["why"] = None, f"{type(e).__name__}: {e}".splitlines()[0]
+        return state["lib"], state["why"]

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._errors import BackendUnavailableError, RiaInputError
-from ._native import build_shared
+from ._native import build_shared, load_once
 
 START = ("auto", "zero", "column", "prices")
 DEFAULT_K = 32          # candidates per row at the start (16 and 64 measured no better)
@@ -343,13 +343,7 @@ def _build() -> _Lib:
 
 def native_lib() -> tuple[_Lib | None, str]:
     """The compiled solver (built once per machine), or ``(None, why)``."""
-    with _lock:
-        if "lib" not in _state:
-            try:
-                _state["lib"], _state["why"] = _build(), ""
-            except Exception as e:  # no compiler, read-only cache, ...: reported by the dispatch
-                _state["lib"], _state["why"] = None, f"{type(e).__name__}: {e}".splitlines()[0]
-        return _state["lib"], _state["why"]
+    return load_once(_state, _lock, _build)
 
 
 def available() -> bool:

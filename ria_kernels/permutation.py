@@ -50,7 +50,7 @@ from ._backend import resolve_backend
 from . import _device
 from ._errors import BackendUnavailableError, RiaInputError
 from ._logging import log_once
-from ._native import FLAGS as _NATIVE_FLAGS, build_shared
+from ._native import FLAGS as _NATIVE_FLAGS, build_shared, load_once
 from ._validation import check_divisible, check_matrix, check_nm
 from .lsa import linear_sum_assignment, resolve_solver
 from .ops._grid import cdiv
@@ -275,13 +275,7 @@ class _NativeLib:
 
 def _native_lib() -> tuple[_NativeLib | None, str]:
     """The compiled CPU gain kernel (built once per machine, then loaded from the cache)."""
-    with _native_lock:
-        if "lib" not in _native_state:
-            try:
-                _native_state["lib"], _native_state["why"] = _build_native(), ""
-            except Exception as e:  # no compiler, read-only cache, ...: reported by the dispatch
-                _native_state["lib"], _native_state["why"] = None, f"{type(e).__name__}: {e}".splitlines()[0]
-        return _native_state["lib"], _native_state["why"]
+    return load_once(_native_state, _native_lock, _build_native)
 
 
 def _build_native() -> _NativeLib:
