@@ -108,6 +108,8 @@ def test_every_op_launches_under_the_guard_of_its_inputs(monkeypatch):
     sparse24_mm.sparse24_mm(torch.randn(2, 512, generator=g).to(device), values, meta, backend="triton")
     permutation.lsa_gain(torch.rand(8, 4, generator=g).to(device).double(), torch.rand(8, 4, generator=g).to(device).double(),
                          backend="triton")
+    from ria_kernels.ops import auction
+    auction.auction_batched(torch.randint(0, 9, (2, 5, 5), generator=g).to(device).double(), backend="triton")
     assert launches
     for name, active, devices in launches:
         assert active is not None, f"{name} launched outside a launch_guard"
