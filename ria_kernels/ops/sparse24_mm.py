@@ -138,10 +138,8 @@ def _check_layout_meta(values: torch.Tensor, meta: torch.Tensor, meta_layout: st
     if values.dtype not in SUPPORTED_DTYPES:
         raise RiaInputError(f"values dtype must be one of {SUPPORTED_DTYPES}, got {values.dtype}")
     n, k = values.shape[0], 2 * values.shape[1]
-    if meta_layout == "sm80":
-        mult, want, dtype = L.SM80_CONVERT_MULTIPLES, (n, k // 16), torch.int16
-    else:
-        mult, want, dtype = L.SM90_CONVERT_MULTIPLES, L.sm90_meta_shape(n, k), torch.uint8
+    mult = L.SM80_CONVERT_MULTIPLES if meta_layout == "sm80" else L.SM90_CONVERT_MULTIPLES
+    dtype, want = L.layout_meta_spec(n, k, meta_layout)  # the layouts' one statement of dtype and shape
     if n <= 0 or k <= 0 or n % mult[0] or k % mult[1]:
         raise RiaInputError(f"{meta_layout} metadata needs out_features % {mult[0]} == 0 and in_features % "
                             f"{mult[1]} == 0 (both > 0), got [{n}, {k}]")
@@ -402,7 +400,6 @@ if triton is not None:
           w23 = c1 ? p : !c2 ? v1 : c3 ? v1 << HALF : 0
         4 bit tests + 6 word selects + 3 shifts/masks per group of 4, on whole words, instead of
         6 compares + 6 selects on single values (and their unpacking and repacking)."""
-        G: tl.constexpr = BLOCK_K // 4
         c0 = (code & 1) != 0
         c1 = (code & 2) != 0
         c2 = (code & 4) != 0
